@@ -103,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     gen.add_argument("--layout", choices=("random", "grid"), default="random",
                      help="random points per map (training) or a pixel grid (test maps)")
-    gen.add_argument("--n-points", type=int, default=512,
-                     help="points per map; a square number for --layout grid (default: 512)")
+    gen.add_argument("--n-points", type=int, default=256,
+                     help="points per map; a square number for --layout grid (default: 256)")
     gen.add_argument("--chunk-size", type=int, default=16, help="samples per task and zarr chunk")
     gen.add_argument("--scheduler", default=None,
                      help="address of a running Dask scheduler (default: a LocalCluster)")

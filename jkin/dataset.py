@@ -58,7 +58,7 @@ class GenerationSpec:
 
     seed: int = 0
     layout: str = "random"
-    n_points: int = 512
+    n_points: int = 256
     chunk_size: int = 16
     jam: JamSettings = DEFAULT_SETTINGS
 
@@ -201,6 +201,8 @@ def _prepare(out: Path, spec: GenerationSpec, n: int) -> None:
         # Growing n: a last chunk that was partial no longer matches its marker and is redone.
     out.mkdir(parents=True, exist_ok=True)
     (out / DONE).mkdir(exist_ok=True)
+    for stale in (out / DONE).glob("chunk-*.tmp*"):  # markers of a killed writer
+        stale.unlink()
     _open_arrays(out, spec, n, mode="a")
     manifest = {
         "format": "jkin-trainset-1",
