@@ -10,7 +10,7 @@ For random draws over the training space, on a grid over the quadrant 0 <= x, y 
   separately, because jampy's numerical path is unstable there;
 * jampy's default polar-grid interpolation (interp=True, nrad=20, nang=10), for comparison;
 * convergence: doubling the number of Gaussians of both MGEs;
-* cost per map of jkin.jam at the training layout (256 random points) and on a 64x64 grid.
+* cost per map of jkin.jam at the training layout (128 random points) and on a 64x64 grid.
 
     python benchmarks/jam_accuracy.py --n-maps 20 --n-grid 24
 """
@@ -56,19 +56,25 @@ def main(argv=None):
         fine = jam_vrms_jampy(p, x, y, interp=False, epsrel=1e-4, nrad=100, nang=40)
         itp = jam_vrms_jampy(p, x, y, interp=True, nrad=20, nang=10)
         dbl = jam_vrms(p, x, y, DEFAULT_SETTINGS.doubled())
-        good = (v2 > 0) & (num > 0) & (fine > 0)
+        has_zero = bool(np.any(v2 <= 0) or np.any(num <= 0) or np.any(fine <= 0))
+        # Next to the edge of a zero-valued region v = sqrt(<v^2>) is steep and jampy's
+        # numerical path unstable: on such maps compare only where all three exceed 50 km/s.
+        floor = 50.0 if has_zero else 0.0
+        good = (v > floor) & (num > floor) & (fine > floor)
         d = np.abs(v - num)[good]
         df = np.abs(v - fine)[good]
         di = np.abs(itp - fine)[good]
         dd = np.abs(dbl - v)
-        r = dict(zero=1 - good.mean(), mean=d.mean(), max=d.max(), fmean=df.mean(), fmax=df.max(),
+        r = dict(zero=float(np.mean(v2 <= 0)), has_zero=has_zero, mean=d.mean(), max=d.max(), fmean=df.mean(), fmax=df.max(),
                  imean=di.mean(), imax=di.max(),
                  dmean=dd.mean(), dmax=dd.max(), t_jkin=t_jkin, t_num=t_num)
         rows.append(r)
         cols = " ".join(f"{r[k + 'mean']:8.4f} {r[k + 'max']:7.3f}" for k in ("", "f", "i", "d"))
         print(f"{i:3d} {100 * r['zero']:6.1f} {cols} {t_jkin:7.2f} {t_num:6.2f}")
+    all_rows = rows
+    rows = [r for r in all_rows if not r["has_zero"]]
     agg = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    print(f"\nsummary over {len(rows)} maps [km/s], zero-valued pixels excluded from the jampy comparison:")
+    print(f"\nsummary over the {len(rows)} maps without zero-valued pixels [km/s]:")
     print(f"  jkin vs jampy numeric (nrad=20, nang=10):  mean |d| per map, averaged "
           f"{agg['mean'].mean():.4f} (worst map {agg['mean'].max():.4f}); max |d| {agg['max'].max():.3f}")
     print(f"  jkin vs jampy numeric (nrad=100, nang=40): mean |d| per map, averaged "
@@ -77,10 +83,18 @@ def main(argv=None):
           f"{agg['imean'].mean():.4f}; max |d| {agg['imax'].max():.3f}")
     print(f"  doubling the Gaussians:                    mean |d| per map, averaged {agg['dmean'].mean():.4f}; "
           f"max |d| {agg['dmax'].max():.3f}")
-    print(f"  maps with zero-valued pixels: {(agg['zero'] > 0).sum()} of {len(rows)}")
+    zero_rows = [r for r in all_rows if r["has_zero"]]
+    print(f"maps with zero-valued pixels: {len(zero_rows)} of {len(all_rows)}", end="")
+    if zero_rows:
+        z = {k: np.array([r[k] for r in zero_rows]) for k in ("mean", "max", "fmean", "fmax")}
+        print(f"; on their pixels with v_rms > 50 km/s, jkin vs numeric 100x40: mean |d| "
+              f"averaged {z['fmean'].mean():.4f}, max {z['fmax'].max():.3f} "
+              f"(20x10: {z['mean'].mean():.4f}, max {z['max'].max():.3f})")
+    else:
+        print()
 
     # Cost per map at the training layout and on a 64x64 grid.
-    for layout, npts in (("random", 256), ("grid", 64 * 64)):
+    for layout, npts in (("random", 128), ("grid", 64 * 64)):
         xs, ys = (a.astype(float) for a in sample_points(np.random.default_rng(0), layout, npts))
         t0 = time.perf_counter()
         for p in params[:3]:

@@ -3,6 +3,8 @@
     jkin demo                                 the main job on a bundled default
     jkin data generate --n N --out DIR --seed S [--scheduler ADDRESS] ...
     jkin data status DIR
+    jkin train RUN_DIR --data DIR [--steps N] [--max-minutes M] [--width W --layers L]
+    jkin emulator export RUN_DIR --out weights/NAME [--test DIR]
 
 Errors in the user's input are reported in one line, without a traceback, with exit status 2.
 """
@@ -56,6 +58,34 @@ def _cmd_data_status(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from jkin.emulator.network import CIPSConfig
+    from jkin.emulator.train import TrainConfig, train
+
+    cfg = None
+    if args.data is not None:
+        cfg = TrainConfig(
+            data=str(args.data), n_maps=args.n_maps,
+            network=CIPSConfig(width=args.width, n_layers=args.layers,
+                               mapping_width=args.width, n_fourier=args.width),
+            steps=args.steps, batch_maps=args.batch_maps, points_per_map=args.points_per_map,
+            peak_lr=args.lr, seed=args.seed,
+        )
+    s = train(args.run, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
+    state = "finished" if s["done"] else "paused (run the same command to resume)"
+    print(f"{s['run']}: step {s['step']}/{s['steps']} {state}; {s['wall_s'] / 60:.1f} min this "
+          f"chunk; loss {s['loss']:.4g}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from jkin.emulator.train import export
+
+    path = export(args.run, args.out, test=args.test)
+    print(f"wrote {path} and its weights")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     """Until the sampler exists: generate a tiny JAM set and show what it made."""
     from jkin import conventions as cv
@@ -103,8 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     gen.add_argument("--layout", choices=("random", "grid"), default="random",
                      help="random points per map (training) or a pixel grid (test maps)")
-    gen.add_argument("--n-points", type=int, default=256,
-                     help="points per map; a square number for --layout grid (default: 256)")
+    gen.add_argument("--n-points", type=int, default=128,
+                     help="points per map; a square number for --layout grid (default: 128)")
     gen.add_argument("--chunk-size", type=int, default=16, help="samples per task and zarr chunk")
     gen.add_argument("--scheduler", default=None,
                      help="address of a running Dask scheduler (default: a LocalCluster)")
@@ -115,6 +145,35 @@ def _parser() -> argparse.ArgumentParser:
     st = data_sub.add_parser("status", help="progress and settings of a training set")
     st.add_argument("dir")
     st.set_defaults(func=_cmd_data_status)
+
+    tr = sub.add_parser(
+        "train", help="train (or resume training) the CIPS emulator",
+        description="Start a run with --data, or resume RUN_DIR with its stored settings. "
+        "Checkpoints every 5 minutes and at the end of a chunk; on a 2-core CPU use chunks of "
+        "--max-minutes 110. A GPU is used when JAX sees one.",
+    )
+    tr.add_argument("run", help="run directory (checkpoints, log.csv)")
+    tr.add_argument("--data", default=None, help="training set directory (to start a run)")
+    tr.add_argument("--n-maps", type=int, default=None,
+                    help="train on the first N maps of the set (default: all; they must be done)")
+    tr.add_argument("--steps", type=int, default=100_000, help="total steps (fixes the schedule)")
+    tr.add_argument("--max-minutes", type=float, default=None, help="stop this chunk after M minutes")
+    tr.add_argument("--width", type=int, default=128, help="network width (default 128)")
+    tr.add_argument("--layers", type=int, default=8, help="modulated layers (default 8)")
+    tr.add_argument("--batch-maps", type=int, default=32, help="maps per step (default 32)")
+    tr.add_argument("--points-per-map", type=int, default=128, help="points per map (default 128)")
+    tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
+
+    em = sub.add_parser("emulator", help="emulator weights")
+    em_sub = em.add_subparsers(dest="emulator_command", required=True)
+    ex = em_sub.add_parser("export", help="write a run's weights + manifest (safetensors, JSON)")
+    ex.add_argument("run", help="training run directory")
+    ex.add_argument("--out", required=True, help="output path stem, e.g. weights/jkin-cips-default")
+    ex.add_argument("--test", default=None, help="test set directory: metrics go in the manifest")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "param_bounds",
     "inclination_min",
     "validate_params",
+    "in_domain",
     "sample_params",
     "sersic_bn",
     "kappa_pemd",
@@ -170,6 +171,19 @@ def validate_params(params, *, rtol: float = 1e-9) -> np.ndarray:
                 f"{_fmt_range(name, low[i], high[i])}{extra}"
             )
     return p
+
+
+def in_domain(params, *, rtol: float = 1e-9) -> np.ndarray:
+    """Whether each parameter vector (..., 8) lies in the training space (boolean, shape (...))."""
+    p = np.asarray(params, dtype=float)
+    if p.shape[-1:] != (N_PARAMS,):
+        raise ValueError(f"params must have a last axis of length {N_PARAMS}; got shape {p.shape}")
+    ok = np.all(np.isfinite(p), axis=-1)
+    for name, (low, high) in param_bounds(p).items():
+        j = PARAM_NAMES.index(name)
+        tol = rtol * np.maximum(1.0, np.abs(high))
+        ok &= (p[..., j] >= low - tol) & (p[..., j] <= high + tol)
+    return ok
 
 
 def sample_params(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -58,7 +58,7 @@ class GenerationSpec:
 
     seed: int = 0
     layout: str = "random"
-    n_points: int = 256
+    n_points: int = 128
     chunk_size: int = 16
     jam: JamSettings = DEFAULT_SETTINGS
 
@@ -226,7 +226,7 @@ def _client(scheduler: str | None, n_workers: int | None):
         n_workers=n_workers or os.cpu_count() or 1,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     return Client(cluster), cluster

@@ -60,7 +60,7 @@ class JamSettings:
 
     n_gauss_mass: int = 40
     n_gauss_light: int = 32
-    r_min: float = 1e-3
+    r_min: float = 3e-3
     r_max_mass: float = 3000.0
     r_max_light: float = 100.0
     light_floor: float = 1e-10
