@@ -1,5 +1,7 @@
 """jkin.jam against independent references: the profiles it expands and jampy's public API."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -25,10 +27,10 @@ def _points(n, r_lo, r_hi, seed=0, q=1.0):
 
 @pytest.mark.parametrize("theta_E,gamma,q", [(0.5, 1.5, 0.6), (1.4, 2.0, 0.8), (2.0, 2.5, 1.0)])
 def test_mass_mge_reproduces_the_cored_pemd(theta_E, gamma, q):
-    """The truncated MGE is good to 5e-4 inside 10" and 2e-3 inside 30" (major axis), as
+    """The truncated MGE is good to 1e-4 inside 10" and 3e-4 inside 30" (major axis), as
     jkin.jam documents."""
     peak, sigma, qobs = jam.mge_mass(theta_E, gamma, q)
-    for r_max, rtol in ((10.0, 5e-4), (30.0, 2e-3)):
+    for r_max, rtol in ((10.0, 1e-4), (30.0, 3e-4)):
         x, y = _points(400, 0.003, r_max, q=q)  # all position angles: checks the q convention
         mge = _mge_surface(peak, sigma, qobs, x, y) / cv.SIGMA_CRIT
         np.testing.assert_allclose(mge, cv.kappa_pemd(x, y, theta_E, gamma, q), rtol=rtol)
@@ -37,17 +39,31 @@ def test_mass_mge_reproduces_the_cored_pemd(theta_E, gamma, q):
 @pytest.mark.parametrize("R_sersic,n,q", [(0.25, 4.0, 0.6), (1.0, 2.0, 0.9), (2.0, 3.0, 1.0)])
 def test_light_mge_reproduces_the_sersic(R_sersic, n, q):
     peak, sigma, qobs = jam.mge_light(R_sersic, n, q)
-    x, y = _points(400, 0.003, min(30.0, 15 * R_sersic), q=q)
+    """Good to 2.5e-3 from 0.01" (the smallest radius sampled) to 15 R_sersic, as documented."""
+    x, y = _points(400, 0.01, min(30.0, 15 * R_sersic), q=q)
     np.testing.assert_allclose(
-        _mge_surface(peak, sigma, qobs, x, y), cv.sersic_profile(x, y, R_sersic, n, q), rtol=2e-3
+        _mge_surface(peak, sigma, qobs, x, y), cv.sersic_profile(x, y, R_sersic, n, q), rtol=2.5e-3
     )
+
+
+@pytest.mark.parametrize("p", [TYPICAL, FLAT, np.array([0.5, 1.5, 0.6, 0.6, 0.25, 4.0, 0.4, 55.2]),
+                               np.array([2.0, 2.5, 0.95, 1.0, 2.0, 2.0, -0.4, 80.0])])
+def test_quadrature_equals_jampy_integration(p):
+    """The vectorised fixed-rule quadrature of Eq. (28) against jampy's adaptive one, on the
+    same MGEs, including points near the centre and at the field's corner."""
+    x, y = _points(40, 0.01, 7.7, seed=7)
+    x, y = np.abs(x), np.abs(y)
+    jampy_settings = dataclasses.replace(jam.DEFAULT_SETTINGS, method="jampy")
+    ref = jam.jam_vrms2(p, x, y, jampy_settings)
+    ours = jam.jam_vrms2(p, x, y)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
 
 
 def test_identical_to_jampy_analytic_projection():
     """jam_vrms calls jampy's analytic LOS integral directly; jam_axi_proj (public API, no sky
     interpolation because nrad*nang exceeds the number of points) must give the same numbers."""
     x, y = _points(40, 0.05, 5.5, seed=3)
-    ours = jam.jam_vrms(TYPICAL, x, y)
+    ours = jam.jam_vrms(TYPICAL, x, y, dataclasses.replace(jam.DEFAULT_SETTINGS, method="jampy"))
     ref = jam.jam_vrms_jampy(TYPICAL, x, y, interp=True, nrad=100, nang=1)
     np.testing.assert_allclose(ours, ref, rtol=1e-12)
 
@@ -95,7 +111,7 @@ def test_zero_valued_pixels_are_negative_v2():
     assert v2[0] < 0 and v2[1] < 0 and v2[2] > 0
     np.testing.assert_array_equal(jam.jam_vrms(p, x, y)[:2], 0.0)
     np.testing.assert_allclose(
-        jam.jam_vrms(p, x, y), jam.jam_vrms_jampy(p, x, y, interp=True, nrad=10, nang=1), rtol=1e-12
+        jam.jam_vrms(p, x, y), jam.jam_vrms_jampy(p, x, y, interp=True, nrad=10, nang=1), rtol=1e-6
     )
 
 
