@@ -70,6 +70,8 @@ def _cmd_train(args) -> int:
                                mapping_width=args.width, n_fourier=args.width),
             steps=args.steps, batch_maps=args.batch_maps, points_per_map=args.points_per_map,
             peak_lr=args.lr, seed=args.seed,
+            warmup_steps=(args.warmup_steps if args.warmup_steps is not None
+                          else min(1000, args.steps // 20)),
         )
     s = train(args.run, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
     state = "finished" if s["done"] else "paused (run the same command to resume)"
@@ -163,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-maps", type=int, default=32, help="maps per step (default 32)")
     tr.add_argument("--points-per-map", type=int, default=128, help="points per map (default 128)")
     tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    tr.add_argument("--warmup-steps", type=int, default=None,
+                    help="linear warm-up steps (default: min(1000, steps/20))")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
