@@ -83,7 +83,10 @@ class Emulator:
         if x.ndim != 1 or x.shape != y.shape:
             raise ValueError(f"x and y must be 1-D arrays of one length; got {x.shape}, {y.shape}")
         if not _is_traced(params):
-            cv.validate_params(np.asarray(params).reshape(-1, cv.N_PARAMS))
+            # float32 cannot hold the bounds exactly (-0.4 -> -0.40000001): allow its rounding.
+            rtol = 1e-6 if params.dtype == jnp.float32 else 1e-9
+            p = np.asarray(params, dtype=float)
+            cv.validate_params(p if p.ndim <= 2 else p.reshape(-1, cv.N_PARAMS), rtol=rtol)
         batch = params.shape[:-1]
         flat = params.reshape(-1, cv.N_PARAMS)
         z = normalise_params(flat)
