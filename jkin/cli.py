@@ -20,10 +20,6 @@ import numpy as np
 __all__ = ["main"]
 
 
-class UserError(Exception):
-    """An error the user can fix; reported in one line."""
-
-
 def _cmd_data_generate(args) -> int:
     from jkin.dataset import GenerationSpec, generate
 
@@ -185,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, UserError) as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"jkin: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

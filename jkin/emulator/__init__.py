@@ -21,13 +21,7 @@ from flax import struct
 
 from jkin import conventions as cv
 from jkin.emulator.io import default_weights_dir, load_weights
-from jkin.emulator.network import (
-    CIPS,
-    CIPSConfig,
-    coordinate_features,
-    normalise_params,
-    vrms_from_output,
-)
+from jkin.emulator.network import CIPSConfig, predict
 
 __all__ = ["Emulator", "CIPSConfig", "DEFAULT_WEIGHTS"]
 
@@ -89,10 +83,7 @@ class Emulator:
             cv.validate_params(p if p.ndim <= 2 else p.reshape(-1, cv.N_PARAMS), rtol=rtol)
         batch = params.shape[:-1]
         flat = params.reshape(-1, cv.N_PARAMS)
-        z = normalise_params(flat)
-        feats = coordinate_features(x[None, :], y[None, :], flat[:, 4])
-        out = CIPS(self.config).apply({"params": self.params}, z, feats)
-        v, v2 = vrms_from_output(out, flat[:, 0])
+        v, v2 = predict(self.config, self.params, flat, x[None, :], y[None, :])
         m = x.shape[0]
         return v.reshape(batch + (m,)), v2.reshape(batch + (m,))
 

@@ -43,7 +43,7 @@ import numpy as np
 from jkin import conventions as cv
 
 __all__ = ["CIPSConfig", "CIPS", "normalise_params", "coordinate_features", "vrms_from_output",
-           "V_SCALE", "SOFTPLUS_TAU"]
+           "predict", "V_SCALE", "SOFTPLUS_TAU"]
 
 #: Velocity scale of the network's output [km/s]: v2 = theta_E * V_SCALE^2 * output.
 V_SCALE = 200.0
@@ -155,3 +155,15 @@ class CIPS(nn.Module):
             if (i + 1) % cfg.skip_every == 0 or i == cfg.n_layers - 1:
                 out = out + ModulatedDense(1, demodulate=False, name=f"skip_{i}")(h, w)[..., 0]
         return out
+
+
+def predict(config: CIPSConfig, params, theta, x, y):
+    """The emulator's forward pass, shared by training and inference.
+
+    theta (B, 8) physical parameters; x, y (B or 1, P) galaxy-frame arcsec ->
+    (v_rms [km/s], signed v2 [(km/s)^2]), each (B, P).
+    """
+    z = normalise_params(theta)
+    feats = coordinate_features(x, y, theta[:, 4])
+    out = CIPS(config).apply({"params": params}, z, feats)
+    return vrms_from_output(out, theta[:, 0])

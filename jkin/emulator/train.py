@@ -34,8 +34,7 @@ import numpy as np
 import optax
 
 from jkin import conventions as cv
-from jkin.emulator.network import CIPS, CIPSConfig, coordinate_features, normalise_params
-from jkin.emulator.network import vrms_from_output
+from jkin.emulator.network import CIPS, CIPSConfig, predict
 
 __all__ = ["TrainConfig", "train", "evaluate_maps", "export", "V_FLOOR"]
 
@@ -96,16 +95,8 @@ def _optimizer(cfg: TrainConfig):
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(_schedule(cfg)))
 
 
-def _forward(network: CIPSConfig, params, theta, x, y):
-    """theta (B, 8), x, y (B, P) -> (v_rms, signed v2), each (B, P)."""
-    z = normalise_params(theta)
-    feats = coordinate_features(x, y, theta[:, 4])
-    out = CIPS(network).apply({"params": params}, z, feats)
-    return vrms_from_output(out, theta[:, 0])
-
-
 def _loss(network, params, theta, x, y, v2_true):
-    _, v2 = _forward(network, params, theta, x, y)
+    _, v2 = predict(network, params, theta, x, y)
     v_true = jnp.sqrt(jnp.clip(v2_true, 0.0, None))
     scale = 2.0 * jnp.maximum(v_true, V_FLOOR)
     return jnp.mean(((v2 - v2_true) / scale) ** 2)
@@ -149,7 +140,7 @@ def _split(data: dict, cfg: TrainConfig):
 
 def evaluate_maps(network, params, theta, x, y, v2_true, batch: int = 64) -> dict:
     """Per-map mean error eps and mean |eps| [km/s] of v_rms (the paper's Eqs. 9-10)."""
-    fwd = jax.jit(lambda p, t, xx, yy: _forward(network, p, t, xx, yy)[0])
+    fwd = jax.jit(lambda p, t, xx, yy: predict(network, p, t, xx, yy)[0])
     eps, abs_eps = [], []
     for i in range(0, len(theta), batch):
         sl = slice(i, i + batch)
@@ -215,8 +206,6 @@ def train(run, cfg: TrainConfig | None = None, *, max_minutes: float | None = No
     more steps, whichever comes first, writing a checkpoint each time.
     """
     from tqdm.auto import tqdm
-
-    from jkin.dataset import load
 
     run = Path(run)
     cfg_path = run / RUN_CONFIG
