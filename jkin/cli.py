@@ -1,6 +1,7 @@
 """The ``jkin`` command.
 
-    jkin demo                                 the main job on a bundled default
+    jkin demo [--out DIR] [--full]            the main job on a bundled default
+    jkin fit CONFIG.toml [...] [--scheduler ADDRESS]
     jkin data generate --n N --out DIR --seed S [--scheduler ADDRESS] ...
     jkin data status DIR
     jkin train RUN_DIR --data DIR [--steps N] [--max-minutes M] [--width W --layers L]
@@ -65,7 +66,7 @@ def _cmd_train(args) -> int:
             network=CIPSConfig(width=args.width, n_layers=args.layers,
                                mapping_width=args.width, n_fourier=args.width),
             steps=args.steps, batch_maps=args.batch_maps, points_per_map=args.points_per_map,
-            peak_lr=args.lr, seed=args.seed,
+            peak_lr=args.lr, seed=args.seed, init_from=args.init_from,
             warmup_steps=(args.warmup_steps if args.warmup_steps is not None
                           else min(1000, args.steps // 20)),
         )
@@ -85,22 +86,23 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """Until the sampler exists: generate a tiny JAM set and show what it made."""
-    from jkin import conventions as cv
-    from jkin.dataset import GenerationSpec, generate, load
+    from jkin.fitting import DEMO_INFERENCE, FULL_INFERENCE, demo
+
+    inference = dict(FULL_INFERENCE if args.full else DEMO_INFERENCE, seed=args.seed)
+    demo(args.out, seed=args.seed, inference=inference, progress=not args.quiet)
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from jkin.fitting import run_many
 
     t0 = time.perf_counter()
-    spec = GenerationSpec(seed=args.seed, layout="grid", n_points=16 * 16, chunk_size=2)
-    summary = generate(args.out, args.n, spec, n_workers=args.workers, progress=not args.quiet)
-    _print_summary(summary)
-    data = load(args.out)
-    v = np.sqrt(np.clip(data["v2"], 0, None))
-    header = " ".join(f"{n:>11s}" for n in cv.PARAM_NAMES)
-    print(f"\n{'map':>4s} {header} {'vrms min/median/max [km/s]':>28s}")
-    for i, (p, vi) in enumerate(zip(data["params"], v)):
-        row = " ".join(f"{x:11.3f}" for x in p)
-        print(f"{i:4d} {row} {vi.min():8.1f} {np.median(vi):8.1f} {vi.max():8.1f}")
-    print(f"\njkin demo finished in {time.perf_counter() - t0:.1f} s; data in {args.out}")
+    results = run_many(args.config, scheduler=args.scheduler, n_workers=args.workers,
+                       progress=not args.quiet)
+    for r in results:
+        print(f"{r['name']}: {r['mode']} fit in {r['wall_s']:.0f} s; max R-hat "
+              f"{r['max_rhat']:.3f}, min bulk ESS {r['min_ess_bulk']:.0f}; results in {r['output']}")
+    print(f"jkin fit: {len(results)} fit(s) in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -113,11 +115,22 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on a bundled default")
     demo.add_argument("--out", default="jkin-demo", help="output directory (default: jkin-demo)")
-    demo.add_argument("--n", type=int, default=4, help="number of JAM maps (default: 4)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=None, help="Dask workers (default: all cores)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--seed", type=int, default=0, help="mock and sampler seed (default 0)")
+    demo.add_argument("--full", action="store_true",
+                      help="paper-sized sampling (4 chains x 1000) instead of the quick default")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
+
+    fit = sub.add_parser(
+        "fit", help="fit lens systems from configuration files (see jkin.fitting)",
+        description="Each CONFIG.toml names data files, the mode (kinematics, lensing, joint) "
+        "and sampler options; several configs fan out on Dask.")
+    fit.add_argument("config", nargs="+", help="configuration file(s), TOML")
+    fit.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="Dask scheduler address (default: a local cluster when > 1 config)")
+    fit.add_argument("--workers", type=int, default=None, help="local Dask workers")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(func=_cmd_fit)
 
     data = sub.add_parser("data", help="JAM training sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -164,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--warmup-steps", type=int, default=None,
                     help="linear warm-up steps (default: min(1000, steps/20))")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                    help="start from this run's weights (same sizes) with a fresh schedule")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
 

@@ -16,6 +16,10 @@ e = t // steps_per_epoch draws its own permutation from default_rng([seed, e]). 
 that much and a resumed run continues with the same batches and learning rate. The learning-rate
 schedule (linear warm-up, cosine decay) is fixed by the total ``steps`` given at the start.
 
+Warm starts. ``init_from`` names an earlier run directory whose weights (same architecture)
+initialise a new run with a fresh optimiser and its own warm-up + cosine schedule: a second,
+lower cosine cycle on the same or a larger training set is how the bundled weights were refined.
+
 Hardware. JAX uses a GPU when one is visible; on a 2-core CPU a chunk of <= 2 hours is
 ``--max-minutes 110``.
 """
@@ -59,6 +63,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     val_maps: int = 256
     seed: int = 0
+    init_from: str | None = None  # start from this run directory's weights (fresh optimiser)
 
     def __post_init__(self):
         checks = [
@@ -230,6 +235,11 @@ def train(run, cfg: TrainConfig | None = None, *, max_minutes: float | None = No
     P = cfg.points_per_map
 
     params = init_params(cfg.network, cfg.seed)
+    if cfg.init_from is not None:
+        parent_cfg, params, _ = load_run(cfg.init_from)
+        if parent_cfg.network != cfg.network:
+            raise ValueError(f"init_from = {cfg.init_from} has network {parent_cfg.network}, "
+                             f"not {cfg.network}")
     opt_state = _optimizer(cfg).init(params)
     start = 0
     if (run / CHECKPOINT).exists():
