@@ -82,7 +82,9 @@ def main(argv=None):
         rows["other maps, full"] = summarise(eps[~zero_map], abs_eps[~zero_map])
     m = emu.manifest
     print(f"emulator {m.get('weights_file')} ({m.get('n_parameters')} parameters, "
-          f"{m.get('training', {}).get('steps_done')} steps); test set {args.test}: {n} maps, "
+          f"{m.get('training', {}).get('steps_done')} steps"
+          f"{', warm-started from ' + m['training']['init_from'] if m.get('training', {}).get('init_from') else ''}"
+          f"); test set {args.test}: {n} maps, "
           f"{x.shape[1]} points each, 0 <= x, y <= 5.5\"\n")
     print(f"{'subset':24s} {'maps':>5s} {'median|eps|':>12s} {'p95|eps|':>9s} {'mean eps':>9s} "
           f"{'std eps':>8s}  requirement")

@@ -3,10 +3,9 @@
 For the paper's mock IFU data (55x55 pixels at 0.05", ~30 Voronoi bins, Gaussian PSF 0.1"),
 times ``jax.value_and_grad(kinematic_log_likelihood)`` (jit once, median of many calls) with
 
-* stand-in compact emulators: until trained weights exist, Flax networks of the size the
-  project plans (per-pixel, WIDTH wide, DEPTH layers): a plain MLP, a CIPS-like network with
-  style-modulated layers, and jkin.emulator's CIPS (if importable), all with random weights
-  -- their v_rms values are meaningless but their cost is the real one;
+* the trained emulators in weights/ (``--weights``; default: jkin-cips-default, 128 x 8, and
+  jkin-cips-compact, 64 x 6), and optionally (``--arch``) random-weight stand-ins of other
+  sizes: a plain MLP, a CIPS-like network, jkin's CIPS -- their cost is the real one;
 * the operator alone (an analytic v_rms map in place of the network), to separate the cost of
   the transform, light, PSF and binning from that of the network;
 * JAM (``jkin.kinematics.jam_emulator``: jkin.jam / jampy via a callback, value only) in
@@ -168,8 +167,10 @@ def main(argv=None):
     ap.add_argument("--supersampling", nargs="+", default=["default", "1"],
                     help="model samplings to time: 'default' (jkin.data's adaptive one) or an "
                          "int s (uniform s x s sub-pixels per pixel)")
-    ap.add_argument("--arch", nargs="+", default=["mlp", "cips", "jkin"],
-                    choices=["mlp", "cips", "jkin"])
+    ap.add_argument("--weights", nargs="*", default=["jkin-cips-default", "jkin-cips-compact"],
+                    help="trained emulators to time (names in weights/ or manifest paths)")
+    ap.add_argument("--arch", nargs="*", default=[], choices=["mlp", "cips", "jkin"],
+                    help="random-weight stand-ins to time as well")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--n-calls", type=int, default=50)
@@ -206,14 +207,21 @@ def main(argv=None):
           f"{platform.machine()}, load average {load:.1f} at start), float32; "
           f"median of {args.n_calls} calls after jit")
     emulators = {}
+    from jkin.emulator import Emulator
+
+    for name in args.weights:
+        emu = Emulator.load(name)
+        n_weights = sum(np.size(w) for w in jax.tree_util.tree_leaves(emu.params))
+        label = name.replace("jkin-cips-", "")
+        emulators[label] = (emu, n_weights, f"{name}: trained, {emu.config}")
     for arch in args.arch:
         try:
             emulators[arch] = make_standin_emulator(arch, args.width, args.depth)
         except (ImportError, AttributeError, TypeError) as e:
             print(f"  ({arch}: not available: {e})")
     for arch, (_, n_weights, desc) in emulators.items():
-        print(f"  {arch}: {desc}, {n_weights} weights, random (stand-in until trained weights "
-              f"exist), evaluated at every model sub-pixel")
+        kind = "" if desc.startswith("jkin-") else ", random weights (stand-in)"
+        print(f"  {arch}: {desc}, {n_weights} weights{kind}, evaluated at every model sub-pixel")
     print()
     print(f"{'s':>7s} {'evals':>6s} {'emulator':>8s} {'compile':>8s} {'v+g':>8s} {'16-84%':>13s} "
           f"{'v+g CPU':>8s} {'value':>7s} {'JAM value':>10s} {'JAM/(v+g)':>10s} {'finite':>6s}")

@@ -1,23 +1,73 @@
-"""The main job runs end to end on its bundled default."""
+"""The ``jkin`` command: ``jkin fit`` end to end on a tiny configuration and one-line errors for
+bad configuration files. (``jkin demo``'s three fits run in notebooks/03_joint_inference.ipynb,
+which tests/test_notebooks.py executes with tiny settings.)"""
 
+import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 
-def test_demo_runs(tmp_path):
-    out = tmp_path / "demo"
-    res = subprocess.run(
-        [sys.executable, "-m", "jkin.cli", "demo", "--out", str(out), "--n", "2", "--workers", "1",
-         "--quiet"],
-        capture_output=True, text=True,
-    )
-    assert res.returncode == 0, res.stderr
-    assert "2 samples (2 made now" in res.stdout
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()[:1].isdigit()]
-    assert len(lines) == 2  # one table row per map
-    assert "jkin demo finished" in res.stdout
+from jkin import cli, fitting, mocks
+
+TINY = dict(seed=0, n_starts=2, map_steps=5, num_warmup=5, num_samples=5, num_chains=2,
+            max_tree_depth=2, position_steps=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_ifu(tmp_path_factory):
+    from jkin.emulator import Emulator
+
+    d = tmp_path_factory.mktemp("ifu")
+    emu = Emulator.load()
+    mocks.make_mock_ifu(seed=0, truth="emulator", emulator=emu, n_pix=11, pixel_scale=0.1,
+                        exposure=600.0, supersampling=1, path=d / "ifu.fits")
+    return d / "ifu.fits"
+
+
+def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
+    cfg = fitting.write_config(tmp_path / "tiny.toml", mode="kinematics",
+                               data={"kinematics": str(tiny_ifu)}, output="out", inference=TINY)
+    res = subprocess.run([sys.executable, "-m", "jkin.cli", "fit", str(cfg), "--quiet"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "kinematics fit in" in res.stdout
+    out = tmp_path / "out"
+    for name in ("posterior.nc", "summary.csv", "corner.png", "fit.json"):
+        assert (out / name).stat().st_size > 0
+    rec = json.loads((out / "fit.json").read_text())
+    assert rec["mode"] == "kinematics" and rec["truth"]["theta_E"] == mocks.PAPER_MOCK_THETA["theta_E"]
+    import arviz as az
+
+    post = az.from_netcdf(str(out / "posterior.nc")).posterior
+    assert post["theta_E"].shape == (2, 5)
+    assert np.all(np.isfinite(post["log10_M_thetaE"]))
+
+
+@pytest.mark.parametrize("body, key", [
+    ('mode = "joint"\n[data]\nkinematics = "ifu.fits"\n', "data.lensing"),
+    ('mode = "kinematic"\n', "mode"),
+    ('mode = "kinematics"\n[data]\nkinematics = "nope.fits"\n', "data.kinematics"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\nnum_sample = 3\n',
+     "inference.num_sample"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\nnum_chains = "2"\n',
+     "inference.num_chains"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[priors]\nD_d_range = [5, 1]\n',
+     "D_d_range"),
+    ('mode = "kinematics"\nfoo = 1\n', "'foo'"),
+    ('mode = \n', "not valid TOML"),
+])
+def test_bad_config_one_line_error(body, key, tmp_path, capsys):
+    (tmp_path / "ifu.fits").write_bytes(b"")
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    assert cli.main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and key in err and str(path) in err
 
 
 def test_version():
-    res = subprocess.run([sys.executable, "-m", "jkin.cli", "--version"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "jkin.cli", "--version"], capture_output=True,
+                         text=True)
     assert res.returncode == 0 and res.stdout.startswith("jkin ")

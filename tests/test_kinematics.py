@@ -568,7 +568,8 @@ def test_benchmark_smoke():
     sys.modules["bench_kin"] = mod  # flax modules defined inside need their module registered
     spec.loader.exec_module(mod)
     rows = mod.main(["--n-pix", "7", "--pixel-scale", "0.2", "--exposure", "20",
-                     "--supersampling", "1", "--arch", "mlp", "--width", "16", "--depth", "2",
-                     "--n-calls", "2", "--jam-calls", "0", "--quick"])
-    assert [r["arch"] for r in rows] == ["mlp"]
+                     "--supersampling", "1", "--weights", "jkin-cips-default", "--arch", "mlp",
+                     "--width", "16", "--depth", "2", "--n-calls", "2", "--jam-calls", "0",
+                     "--quick"])
+    assert [r["arch"] for r in rows] == ["default", "mlp"]
     assert all(r["t_vg"] > 0 and r["n_eval"] > 0 and r["finite"] for r in rows)

@@ -1,0 +1,411 @@
+"""``jkin fit CONFIG.toml``: a configured fit, its outputs, and ``jkin demo``.
+
+A configuration file (TOML; paths relative to the file)::
+
+    mode = "joint"                    # "kinematics", "lensing" or "joint"
+    output = "fit-out"                # directory for the results
+
+    [data]
+    kinematics = "ifu.fits"           # KINDATA file (jkin.data); needed by kinematics / joint
+    lensing = "lens.fits"             # LENSDATA file (jkin.lensing_data); lensing / joint
+
+    [emulator]
+    weights = "jkin-cips-default"     # a name in weights/ or the path of a weights manifest
+
+    [priors]                          # jkin.inference.Priors; all optional
+    centre = [0.0, 0.0]               # arcsec
+    centre_half_width = 0.5           # arcsec
+    D_dt_range = [1443.3, 5773.1]     # Mpc
+    D_d_range = [607.9, 2431.5]       # Mpc
+
+    [inference]                       # all optional; defaults shown
+    seed = 0
+    n_starts = 8                      # MAP starts drawn from the prior
+    map_steps = 500
+    num_warmup = 300
+    num_samples = 500
+    num_chains = 2
+    max_tree_depth = 8
+    chain_method = "vectorized"       # or "sequential"
+    z_lens = 0.5                      # for the derived masses
+    position_steps = 1000             # blind lensing start: image-position fit steps
+
+Outputs in ``output``: ``posterior.nc`` (arviz InferenceData, netcdf), ``summary.csv`` (arviz
+summary: mean, sd, HDI, R-hat, ESS of the 13 parameters and the derived masses),
+``corner.png`` (the 13 parameters; truths marked when the data files carry them),
+``fit.json`` (settings, MAP, timings, truth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FitConfig", "load_config", "run_fit", "run_many", "demo"]
+
+_MODES = ("kinematics", "lensing", "joint")
+_TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
+_INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=500, num_warmup=300, num_samples=500,
+                           num_chains=2, max_tree_depth=8, chain_method="vectorized", z_lens=0.5,
+                           position_steps=1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    mode: str
+    output: Path
+    kinematics: Path | None = None
+    lensing: Path | None = None
+    weights: str | None = None
+    priors: dict = dataclasses.field(default_factory=dict)
+    inference: dict = dataclasses.field(default_factory=dict)
+    name: str = "fit"
+
+
+def _err(where, msg):
+    raise ValueError(f"{where}: {msg}")
+
+
+def load_config(path) -> FitConfig:
+    """Read and check a fit configuration; errors name the file and the key."""
+    from jkin.inference import Priors
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such configuration file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        _err(path, f"not valid TOML ({e})")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            _err(path, f"unknown key {key!r}; allowed: {sorted(_TOP_KEYS)}")
+    mode = raw.get("mode", None)
+    data = raw.get("data", {})
+    if not isinstance(data, dict):
+        _err(path, "[data] must be a table")
+    for key in data:
+        if key not in ("kinematics", "lensing"):
+            _err(path, f"unknown key data.{key}; allowed: kinematics, lensing")
+    if mode is None:
+        mode = ("joint" if {"kinematics", "lensing"} <= set(data) else
+                "kinematics" if "kinematics" in data else "lensing" if "lensing" in data else None)
+    if mode not in _MODES:
+        _err(path, f"mode = {mode!r} must be one of {_MODES}")
+    base = path.parent
+
+    def data_path(key):
+        if key not in data:
+            _err(path, f"mode {mode!r} needs data.{key} (a file path)")
+        if not isinstance(data[key], str):
+            _err(path, f"data.{key} must be a string path")
+        p = (base / data[key]).resolve()
+        if not p.exists():
+            _err(path, f"data.{key} = {data[key]!r}: no such file ({p})")
+        return p
+
+    kin = data_path("kinematics") if mode in ("kinematics", "joint") else None
+    lns = data_path("lensing") if mode in ("lensing", "joint") else None
+    emu = raw.get("emulator", {})
+    for key in emu:
+        if key != "weights":
+            _err(path, f"unknown key emulator.{key}; allowed: weights")
+    weights = emu.get("weights")
+    if weights is not None and (base / weights).exists():
+        weights = str((base / weights).resolve())
+
+    priors = dict(raw.get("priors", {}))
+    fields = {f.name for f in dataclasses.fields(Priors)} - {"overrides"}
+    for key, value in priors.items():
+        if key not in fields:
+            _err(path, f"unknown key priors.{key}; allowed: {sorted(fields)}")
+        if isinstance(value, list):
+            priors[key] = tuple(float(v) for v in value)
+    try:
+        Priors(**priors)
+    except (TypeError, ValueError) as e:
+        _err(path, str(e))
+    inference = dict(_INFERENCE_DEFAULTS)
+    for key, value in raw.get("inference", {}).items():
+        if key not in _INFERENCE_DEFAULTS:
+            _err(path, f"unknown key inference.{key}; allowed: {sorted(_INFERENCE_DEFAULTS)}")
+        want = type(_INFERENCE_DEFAULTS[key])
+        if want is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            _err(path, f"inference.{key} = {value!r} must be {want.__name__}")
+        inference[key] = value
+    for key in ("n_starts", "map_steps", "num_samples", "num_chains", "max_tree_depth",
+                "position_steps"):
+        if inference[key] < 1:
+            _err(path, f"inference.{key} = {inference[key]} must be >= 1")
+    if inference["num_warmup"] < 0:
+        _err(path, f"inference.num_warmup = {inference['num_warmup']} must be >= 0")
+    if inference["chain_method"] not in ("vectorized", "sequential", "parallel"):
+        _err(path, "inference.chain_method must be 'vectorized', 'sequential' or 'parallel'")
+    output = raw.get("output", f"{path.stem}-out")
+    return FitConfig(mode=mode, output=(base / output).resolve(), kinematics=kin, lensing=lns,
+                     weights=weights, priors=priors, inference=inference,
+                     name=str(raw.get("name", path.stem)))
+
+
+def _truth(cfg: FitConfig) -> dict:
+    from jkin.data import load_truth
+    from jkin.lensing_data import load_lensing_truth
+
+    truth = {}
+    if cfg.lensing is not None:
+        truth.update(load_lensing_truth(cfg.lensing) or {})
+    if cfg.kinematics is not None:
+        truth.update(load_truth(cfg.kinematics) or {})
+    return truth
+
+
+def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
+    """Run one configured fit and write its outputs; returns a short summary dict."""
+    from jkin import inference as inf
+
+    if not isinstance(cfg, FitConfig):
+        cfg = load_config(cfg)
+    t0 = time.perf_counter()
+    kwargs = {"priors": inf.Priors(**cfg.priors)}
+    if cfg.kinematics is not None:
+        from jkin.data import load_kinematic_data
+        from jkin.emulator import Emulator
+
+        kwargs["kin_data"] = load_kinematic_data(cfg.kinematics)
+        kwargs["emulator"] = Emulator.load(cfg.weights)
+    if cfg.lensing is not None:
+        from jkin.lensing_data import load_lensing_data
+
+        kwargs["lens_data"] = load_lensing_data(cfg.lensing)
+        kwargs["scales"] = inf.amplitude_scales(kwargs["lens_data"])
+    model = inf.MODELS[cfg.mode][0]
+    opts = dict(cfg.inference)
+    res = inf.fit(model, kwargs, seed=opts["seed"], n_starts=opts["n_starts"],
+                  map_steps=opts["map_steps"], num_warmup=opts["num_warmup"],
+                  num_samples=opts["num_samples"], num_chains=opts["num_chains"],
+                  max_tree_depth=opts["max_tree_depth"], chain_method=opts["chain_method"],
+                  z_lens=opts["z_lens"], position_steps=opts["position_steps"], progress=progress)
+    truth = _truth(cfg)
+    out = cfg.output
+    out.mkdir(parents=True, exist_ok=True)
+    res.idata.to_netcdf(str(out / "posterior.nc"))
+    names = list(inf.GALAXY_SITES) + ["log10_M_thetaE", "log10_M_Rsersic"]
+    summary = res.summary(names)
+    summary.to_csv(out / "summary.csv")
+    corner_plot(res.idata, out / "corner.png", truth=truth,
+                title=f"{cfg.name}: {cfg.mode} ({res.timings['total_s']:.0f} s)")
+    wall = time.perf_counter() - t0
+    record = {
+        "name": cfg.name, "mode": cfg.mode,
+        "data": {"kinematics": str(cfg.kinematics) if cfg.kinematics else None,
+                 "lensing": str(cfg.lensing) if cfg.lensing else None},
+        "weights": cfg.weights, "priors": cfg.priors, "inference": cfg.inference,
+        "map": {k: np.asarray(v).tolist() for k, v in res.map["values"].items()
+                if k in inf.GALAXY_SITES},
+        "map_log_density": float(res.map["log_density"][res.map["best"]]),
+        "timings_s": {**res.timings, "wall": wall},
+        "max_rhat": float(summary["r_hat"].loc[list(inf.GALAXY_SITES)].max()),
+        "min_ess_bulk": float(summary["ess_bulk"].loc[list(inf.GALAXY_SITES)].min()),
+        "divergences": int(np.asarray(res.idata.sample_stats["diverging"]).sum())
+        if "diverging" in res.idata.sample_stats else None,
+        "truth": {k: np.asarray(v).tolist() for k, v in truth.items()},
+    }
+    (out / "fit.json").write_text(json.dumps(record, indent=2) + "\n")
+    return {"name": cfg.name, "mode": cfg.mode, "output": str(out), "wall_s": wall,
+            "max_rhat": record["max_rhat"], "min_ess_bulk": record["min_ess_bulk"],
+            "summary": summary}
+
+
+def corner_plot(idata, path, *, truth=None, names=None, title=None):
+    """Pair plot of the 13 parameters (arviz), truths as reference lines when given."""
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jkin.inference import GALAXY_SITES
+
+    names = list(GALAXY_SITES) if names is None else list(names)
+    ref = {k: float(np.asarray(truth[k]).ravel()[0]) for k in names
+           if truth and k in truth and np.size(truth[k]) == 1}
+    axes = az.plot_pair(idata, var_names=names, kind="scatter", marginals=True,
+                        scatter_kwargs={"alpha": 0.15, "s": 2},
+                        reference_values=ref or None, textsize=16,
+                        figsize=(2 * len(names), 2 * len(names)))
+    fig = np.ravel(axes)[0].figure
+    if title:
+        fig.suptitle(title, fontsize=28)
+    fig.savefig(path, dpi=40)
+    plt.close(fig)
+
+
+def _run_one(path, progress):
+    r = run_fit(path, progress=progress)
+    r.pop("summary")
+    return r
+
+
+def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = None,
+             progress: bool = True) -> list[dict]:
+    """Fit several configurations: in this process if one, else on Dask (a LocalCluster with
+    ``n_workers`` single-threaded workers, or the cluster at ``scheduler``)."""
+    cfgs = [load_config(p) for p in paths]  # every file checked before anything runs
+    if len(cfgs) == 1 and scheduler is None:
+        return [_run_one(cfgs[0], progress)]
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
+    client = Client(scheduler or cluster)
+    try:
+        futures = [client.submit(_run_one, c, False, pure=False) for c in cfgs]
+        results = []
+        for fut in as_completed(futures):
+            r = fut.result()
+            print(f"{r['name']}: {r['mode']} fit done in {r['wall_s']:.0f} s, "
+                  f"max R-hat {r['max_rhat']:.3f} -> {r['output']}")
+            results.append(r)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --------------------------------------------------------------------------------------------
+# jkin demo
+
+#: Sampler settings of ``jkin demo`` (sized for <= 10 minutes for all three fits, 2-core CPU).
+DEMO_INFERENCE = dict(seed=0, n_starts=4, map_steps=300, num_warmup=200, num_samples=300,
+                      num_chains=2, max_tree_depth=6)
+#: The paper-sized settings ``jkin demo --full`` uses.
+FULL_INFERENCE = dict(seed=0, n_starts=8, map_steps=500, num_warmup=500, num_samples=1000,
+                      num_chains=4, max_tree_depth=8)
+
+
+def write_demo_data(out, seed: int = 0) -> dict:
+    """The demo's JAM-truth mock: IFU kinematics + imaging and delays of one lens
+    (``jkin.mocks.PAPER_MOCK_THETA``), as FITS files with their TRUTH tables."""
+    from jkin import lensing, mocks
+    from jkin.lensing_data import save_lensing_data
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kin_path, lens_path = out / "ifu.fits", out / "lens.fits"
+    mocks.make_mock_ifu(seed=seed, path=kin_path, overwrite=True)
+    mock = lensing.make_mock_lensing(seed=seed)
+    save_lensing_data(lens_path, mock.data, truth=mock.truth, overwrite=True)
+    return {"kinematics": kin_path, "lensing": lens_path}
+
+
+def _toml_value(v):
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_config(path, *, mode, data: dict, output, inference: dict, weights=None, name=None):
+    """Write a ``jkin fit`` configuration file."""
+    path = Path(path)
+    lines = [f"name = {_toml_value(name or path.stem)}", f"mode = {_toml_value(mode)}",
+             f"output = {_toml_value(str(output))}", "", "[data]"]
+    for key in ("kinematics", "lensing"):
+        if key in data and (key in mode or mode == "joint"):
+            lines.append(f"{key} = {_toml_value(str(data[key]))}")
+    if weights is not None:
+        lines += ["", "[emulator]", f"weights = {_toml_value(weights)}"]
+    lines += ["", "[inference]"] + [f"{k} = {_toml_value(v)}" for k, v in inference.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def demo(out="jkin-demo", *, seed: int = 0, inference: dict | None = None,
+         progress: bool = True) -> dict:
+    """The main job on the bundled default: a JAM-truth mock, fitted kinematics-only,
+    lensing-only and jointly; posteriors, corner plots, a comparison table and plot."""
+    t0 = time.perf_counter()
+    out = Path(out).resolve()
+    inference = dict(DEMO_INFERENCE if inference is None else inference)
+    print(f"jkin demo: writing the JAM-truth mock to {out}/data ...")
+    paths = write_demo_data(out / "data", seed)
+    t_data = time.perf_counter() - t0
+    print(f"  mock written in {t_data:.1f} s")
+    results = {}
+    for mode in ("kinematics", "lensing", "joint"):
+        cfg = write_config(out / f"{mode}.toml", mode=mode,
+                           data={k: Path("data") / p.name for k, p in paths.items()},
+                           output=mode, inference=inference, name=f"demo-{mode}")
+        print(f"jkin demo: {mode} fit ({cfg}) ...")
+        results[mode] = run_fit(cfg, progress=progress)
+        print(f"  {mode}: {results[mode]['wall_s']:.0f} s, max R-hat "
+              f"{results[mode]['max_rhat']:.3f}, min bulk ESS {results[mode]['min_ess_bulk']:.0f}")
+    truth = _truth(load_config(out / "joint.toml"))
+    table = comparison_table(results, truth)
+    (out / "comparison.txt").write_text(table + "\n")
+    comparison_plot(results, truth, out / "comparison.png")
+    wall = time.perf_counter() - t0
+    print("\n" + table)
+    print(f"\njkin demo finished in {wall:.0f} s ({wall / 60:.1f} min); results in {out}")
+    return {"results": results, "wall_s": wall, "out": str(out)}
+
+
+def comparison_table(results: dict, truth: dict) -> str:
+    """Posterior mean +- sd of the 13 parameters per fit, beside the truth."""
+    from jkin.inference import GALAXY_SITES
+
+    modes = list(results)
+    head = f"{'parameter':>14s} {'truth':>10s} " + " ".join(f"{m:>22s}" for m in modes)
+    rows = [head]
+    for name in list(GALAXY_SITES) + ["log10_M_thetaE", "log10_M_Rsersic"]:
+        t = truth.get(name)
+        ts = f"{float(np.ravel(t)[0]):10.4g}" if t is not None else f"{'':>10s}"
+        cells = []
+        for m in modes:
+            s = results[m]["summary"]
+            cells.append(f"{s.loc[name, 'mean']:11.4g} +- {s.loc[name, 'sd']:<8.3g}")
+        rows.append(f"{name:>14s} {ts} " + " ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(rows)
+
+
+def comparison_plot(results: dict, truth: dict, path) -> None:
+    """Posterior (mean - truth)/truth-scale with 1 sd bars per parameter and fit: what the
+    kinematics add to the lensing (D_d, beta_z, inclination, the mass-sheet-sensitive gamma)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jkin.inference import GALAXY_SITES
+
+    names = [n for n in GALAXY_SITES if n in truth]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for k, (mode, r) in enumerate(results.items()):
+        s = r["summary"]
+        x = np.arange(len(names)) + (k - 1) * 0.25
+        y = [s.loc[n, "mean"] - float(truth[n]) for n in names]
+        scale = np.array([abs(float(truth[n])) if abs(float(truth[n])) > 1e-3 else 1.0
+                          for n in names])
+        ax.errorbar(x, np.array(y) / scale, yerr=np.array([s.loc[n, "sd"] for n in names]) / scale,
+                    fmt="o", ms=4, capsize=2, label=mode)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("(posterior mean - truth) / |truth|, bars: 1 sd")
+    ax.set_yscale("symlog", linthresh=0.05)
+    ax.legend()
+    ax.set_title("jkin demo: kinematics-only, lensing-only and joint fits of one JAM-truth mock")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,561 @@
+"""Joint NumPyro inference of the 13 lens-galaxy parameters: models, blind MAP start, NUTS.
+
+    from jkin import inference as inf
+    model = inf.joint_model                      # or kinematics_model / lensing_model
+    kw = dict(kin_data=kin, lens_data=lens, emulator=Emulator.load())
+    result = inf.fit(model, kw, seed=0)          # MAP from prior draws, then NUTS
+    result.idata.to_netcdf("posterior.nc")
+
+Models. ``kinematics_model``, ``lensing_model`` and ``joint_model`` share the sample sites of
+the lens galaxy (``galaxy_params``) by name, so a joint posterior is literally the product of
+the two likelihoods under one prior. The lens-only nuisance parameters (external shear, source,
+amplitudes) live in ``lensing_model``. All 13 parameters are sampled in every mode; those a
+data set does not constrain (e.g. beta_z in a lensing-only fit) return their prior.
+
+Priors (``Priors``; every one can be replaced by passing a numpyro distribution under the
+site's name in ``Priors(overrides={...})``):
+
+=================  =========================================================================
+site               prior
+=================  =========================================================================
+theta_E, gamma,    uniform on the emulator's training space (``jkin.conventions``)
+q_mass, q_light,
+n_sersic, beta_z
+R_sersic           ``R_sersic = theta_E * R_sersic_frac``, ``R_sersic_frac ~ U(0.5, 1)``: the
+                   coupled bound of the training space, without a likelihood cliff
+inclination        ``i_min(q_mass, q_light) + (90 deg - i_min) * inclination_frac``,
+                   ``inclination_frac ~ U(0, 1)``; i_min = arccos(min q) + 2 deg as in training
+phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ N(0, I_2)``:
+                   uniform in (-90, 90], no wrap-around edge for NUTS (phi is defined mod 180)
+x_c, y_c [arcsec]  uniform in ``centre +- centre_half_width`` (default (0, 0) +- 0.5")
+D_dt, D_d [Mpc]    uniform in ``[D_dt_range]``, ``[D_d_range]`` (default 0.5-2x the fiducial
+                   distances of the emulator, 1443-5773 and 608-2431 Mpc)
+gamma1/2_ext       uniform in +-``shear_max`` (0.2)
+x_src, y_src       uniform in ``centre +- source_half_width`` (1")
+R_sersic_src       uniform in ``R_sersic_src_range`` (0.02-1")
+n_sersic_src       uniform in ``n_sersic_src_range`` (0.5-6)
+amp_light, amp_src log-uniform over ``amplitude_decades`` (+-3) around a scale measured on the
+amp_ps             image (``amplitude_scales``)
+=================  =========================================================================
+
+Custom priors must keep the emulator inside its training space (``jkin.conventions``): under
+tracing the emulator does not check its inputs, and outside the space it extrapolates.
+
+Inference (``fit``): a blind start (``find_map``: ``n_starts`` draws from the prior, lensing
+nuisances set from the data (source at the mean of the back-traced images, amplitudes by weighted
+least squares), all optimised at once, vectorised, by optax Adam in numpyro's unconstrained
+space; the best kept), then NUTS with several chains started from the Laplace approximation at
+the MAP, whose inverse Hessian also seeds the dense mass matrix. Returns an arviz
+InferenceData with derived quantities (``derived_quantities``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import initialize_model, unconstrain_fn
+
+from jkin import conventions as cv
+from jkin import kinematics as kin
+from jkin import lensing as lens
+
+__all__ = [
+    "Priors", "GALAXY_SITES", "galaxy_params", "kinematics_model", "lensing_model",
+    "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
+    "derived_quantities", "mass_within", "MODELS",
+]
+
+#: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
+GALAXY_SITES = kin.THETA_NAMES
+#: Lens-only nuisance parameters of ``lensing_model`` (default ``LensModelConfig``).
+LENS_NUISANCE = ("gamma1_ext", "gamma2_ext", "x_src", "y_src", "amp_light", "amp_src",
+                 "R_sersic_src", "n_sersic_src", "amp_ps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Priors:
+    """Prior settings of the models (see the module docstring for the full table)."""
+
+    centre: tuple[float, float] = (0.0, 0.0)
+    centre_half_width: float = 0.5
+    D_dt_range: tuple[float, float] = (0.5 * cv.D_DT, 2.0 * cv.D_DT)
+    D_d_range: tuple[float, float] = (0.5 * cv.D_D, 2.0 * cv.D_D)
+    shear_max: float = 0.2
+    source_half_width: float = 1.0
+    R_sersic_src_range: tuple[float, float] = (0.02, 1.0)
+    n_sersic_src_range: tuple[float, float] = (0.5, 6.0)
+    amplitude_decades: float = 3.0
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("D_dt_range", "D_d_range", "R_sersic_src_range", "n_sersic_src_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"priors.{name} = ({lo}, {hi}) must satisfy 0 < low < high")
+        for name in ("centre_half_width", "shear_max", "source_half_width", "amplitude_decades"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"priors.{name} = {getattr(self, name)} must be > 0")
+        known = set(GALAXY_SITES) | set(LENS_NUISANCE) | {"R_sersic_frac", "inclination_frac"}
+        for name in self.overrides:
+            if name not in known:
+                raise ValueError(f"priors.overrides: unknown site {name!r}; known: {sorted(known)}")
+
+    def site(self, name, default):
+        """numpyro.sample of ``name`` from its override or ``default``."""
+        return numpyro.sample(name, self.overrides.get(name, default))
+
+
+def _bounds(name):
+    return cv._FIXED_BOUNDS[name]
+
+
+def _inclination_min(q_mass, q_light):
+    # jkin.conventions.inclination_min, in JAX
+    return jnp.degrees(jnp.arccos(jnp.minimum(q_mass, q_light))) + cv.INCLINATION_MARGIN
+
+
+def galaxy_params(priors: Priors = Priors()) -> dict:
+    """Sample the 13 shared parameters (NumPyro sites named as ``GALAXY_SITES``)."""
+    p = {}
+    for name in ("theta_E", "gamma", "q_mass", "q_light"):
+        p[name] = priors.site(name, dist.Uniform(*_bounds(name)))
+    if "R_sersic" in priors.overrides:
+        p["R_sersic"] = priors.site("R_sersic", None)
+    else:
+        frac = priors.site("R_sersic_frac", dist.Uniform(*cv.R_SERSIC_FRACTION))
+        p["R_sersic"] = numpyro.deterministic("R_sersic", p["theta_E"] * frac)
+    for name in ("n_sersic", "beta_z"):
+        p[name] = priors.site(name, dist.Uniform(*_bounds(name)))
+    if "inclination" in priors.overrides:
+        p["inclination"] = priors.site("inclination", None)
+    else:
+        i_min = _inclination_min(p["q_mass"], p["q_light"])
+        v = priors.site("inclination_frac", dist.Uniform(0.0, 1.0))
+        p["inclination"] = numpyro.deterministic("inclination", i_min + (90.0 - i_min) * v)
+    if "phi" in priors.overrides:
+        p["phi"] = priors.site("phi", None)
+    else:
+        vec = numpyro.sample("phi_vec", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        p["phi"] = numpyro.deterministic("phi", 0.5 * jnp.rad2deg(jnp.arctan2(vec[1], vec[0])))
+    for name, c in zip(("x_c", "y_c"), priors.centre):
+        w = priors.centre_half_width
+        p[name] = priors.site(name, dist.Uniform(c - w, c + w))
+    p["D_dt"] = priors.site("D_dt", dist.Uniform(*priors.D_dt_range))
+    p["D_d"] = priors.site("D_d", dist.Uniform(*priors.D_d_range))
+    return p
+
+
+def kinematics_model(kin_data, emulator, priors: Priors = Priors(), theta=None):
+    """Binned IFU v_rms (``jkin.data.KinematicData``) given the galaxy parameters.
+
+    The observation site ``vrms`` is a multivariate normal with the data's covariance."""
+    theta = galaxy_params(priors) if theta is None else theta
+    model = kin.predict_binned_vrms(theta, kin_data, emulator)
+    numpyro.deterministic("vrms_model", model)
+    numpyro.sample("vrms", dist.MultivariateNormal(model, scale_tril=jnp.asarray(
+        kin_data.cov_cholesky, dtype=model.dtype)), obs=jnp.asarray(kin_data.vrms, model.dtype))
+    return theta
+
+
+def amplitude_scales(lens_data) -> dict:
+    """Typical amplitudes measured on the image: the scales of the log-uniform priors.
+
+    Surface brightness [electron/s/arcsec^2] from the 99th-percentile pixel, point-source flux
+    [electron/s] from the brightest pixel over the PSF's peak fraction."""
+    img = np.asarray(lens_data.image)
+    area = lens_data.pixel_scale ** 2
+    peak = float(np.max(img))
+    sb = float(np.percentile(img, 99)) / area
+    ps = peak / float(np.max(lens_data.psf_kernel))
+    if not (sb > 0 and ps > 0):
+        raise ValueError("lens_data.image: no positive pixels; cannot set amplitude priors")
+    return {"amp_light": sb, "amp_src": sb, "amp_ps": ps}
+
+
+def _log_uniform(scale, decades):
+    return dist.LogUniform(scale * 10.0 ** -decades, scale * 10.0 ** decades)
+
+
+def lensing_model(lens_data, priors: Priors = Priors(), theta=None, *,
+                  config: lens.LensModelConfig = lens.DEFAULT_CONFIG, scales=None):
+    """Imaging + time delays (``jkin.lensing_data.LensingData``) given the galaxy parameters.
+
+    Adds the nuisance sites ``LENS_NUISANCE``; the log-likelihood enters as factor ``lensing``.
+    ``scales``: ``amplitude_scales(lens_data)`` (computed if None; pass it when tracing)."""
+    if config != lens.DEFAULT_CONFIG and (not config.share_light_center
+                                          or not config.share_light_phi
+                                          or config.elliptical_source):
+        raise ValueError("lensing_model supports LensModelConfig with shared light centre and "
+                         "angle and a circular source; write your own model for other choices")
+    theta = galaxy_params(priors) if theta is None else theta
+    scales = amplitude_scales(lens_data) if scales is None else scales
+    g = priors.shear_max
+    cx, cy = priors.centre
+    w = priors.source_half_width
+    p = dict(theta)
+    p["gamma1_ext"] = priors.site("gamma1_ext", dist.Uniform(-g, g))
+    p["gamma2_ext"] = priors.site("gamma2_ext", dist.Uniform(-g, g))
+    p["x_src"] = priors.site("x_src", dist.Uniform(cx - w, cx + w))
+    p["y_src"] = priors.site("y_src", dist.Uniform(cy - w, cy + w))
+    d = priors.amplitude_decades
+    p["amp_light"] = priors.site("amp_light", _log_uniform(scales["amp_light"], d))
+    p["amp_src"] = priors.site("amp_src", _log_uniform(scales["amp_src"], d))
+    p["R_sersic_src"] = priors.site("R_sersic_src", dist.Uniform(*priors.R_sersic_src_range))
+    p["n_sersic_src"] = priors.site("n_sersic_src", dist.Uniform(*priors.n_sersic_src_range))
+    ps = _log_uniform(scales["amp_ps"], d)
+    if config.point_source_amplitudes == "free":
+        ps = ps.expand([lens_data.n_images]).to_event(1)
+    p["amp_ps"] = priors.site("amp_ps", ps)
+    numpyro.factor("lensing", lens.lensing_log_likelihood(p, lens_data, config))
+    return p
+
+
+def joint_model(kin_data, lens_data, emulator, priors: Priors = Priors(), *,
+                config: lens.LensModelConfig = lens.DEFAULT_CONFIG, scales=None):
+    """Kinematics x lensing under one prior: the product of the two likelihoods."""
+    theta = galaxy_params(priors)
+    kinematics_model(kin_data, emulator, priors, theta)
+    lensing_model(lens_data, priors, theta, config=config, scales=scales)
+    return theta
+
+
+#: mode name -> (model, required data keys)
+MODELS = {
+    "kinematics": (kinematics_model, ("kin_data", "emulator")),
+    "lensing": (lensing_model, ("lens_data",)),
+    "joint": (joint_model, ("kin_data", "lens_data", "emulator")),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# blind start
+
+
+def _latent_values(model, kwargs, key) -> dict:
+    tr = handlers.trace(handlers.seed(model, key)).get_trace(**kwargs)
+    return {k: s["value"] for k, s in tr.items()
+            if s["type"] == "sample" and not s["is_observed"]}
+
+
+def _lensing_start(values, lens_data, priors, scales, set_source=True):
+    """Data-driven lensing nuisances for one start: the source at the mean of the back-traced
+    images under the drawn mass; the amplitudes by non-negative weighted least squares on the
+    image (each component rendered with unit amplitude), kept inside their priors."""
+    p = {k: np.asarray(v) for k, v in values.items()}
+    full = dict(p)
+    full.update({k: float(v) for k, v in _deterministic_galaxy(p).items()})
+    if set_source:
+        xs, ys = lens.ray_shoot(jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image),
+                                full)
+        w = priors.source_half_width - 1e-3
+        p["x_src"] = np.clip(float(jnp.mean(xs)), priors.centre[0] - w, priors.centre[0] + w)
+        p["y_src"] = np.clip(float(jnp.mean(ys)), priors.centre[1] - w, priors.centre[1] + w)
+    full.update(x_src=p["x_src"], y_src=p["y_src"])
+    n_img = lens_data.n_images
+    names = ["amp_light", "amp_src"] + [f"amp_ps{i}" for i in range(n_img)]
+    render = jax.jit(lambda q: lens.lens_image_model(q, lens_data))
+    full = {k: jnp.asarray(v, jnp.float32) for k, v in full.items()}
+    basis = []
+    for k in range(len(names)):
+        q = dict(full, amp_light=0.0, amp_src=0.0, amp_ps=np.zeros(n_img))
+        if k == 0:
+            q["amp_light"] = 1.0
+        elif k == 1:
+            q["amp_src"] = 1.0
+        else:
+            q["amp_ps"] = np.eye(n_img)[k - 2]
+        q = {k2: jnp.asarray(v, jnp.float32) for k2, v in q.items()}
+        basis.append(np.asarray(render(q), dtype=float).ravel())
+    w = (np.asarray(lens_data.mask) / np.asarray(lens_data.noise_map)).ravel()
+    from scipy.optimize import nnls
+
+    a, _ = nnls(np.stack(basis, axis=1) * w[:, None], np.asarray(lens_data.image).ravel() * w)
+    d = priors.amplitude_decades
+    clip = lambda v, s: float(np.clip(v, s * 10 ** -d * 1.01, s * 10 ** d * 0.99))  # noqa: E731
+    p["amp_light"] = clip(a[0], scales["amp_light"])
+    p["amp_src"] = clip(a[1], scales["amp_src"])
+    p["amp_ps"] = np.array([clip(v, scales["amp_ps"]) for v in a[2:]])
+    return p
+
+
+def _deterministic_galaxy(values) -> dict:
+    """R_sersic, inclination, phi from the reparametrised latent values (numpy)."""
+    out = {}
+    if "R_sersic_frac" in values:
+        out["R_sersic"] = float(values["theta_E"]) * float(values["R_sersic_frac"])
+    if "inclination_frac" in values:
+        i_min = float(cv.inclination_min(float(values["q_mass"]), float(values["q_light"])))
+        out["inclination"] = i_min + (90.0 - i_min) * float(values["inclination_frac"])
+    if "phi_vec" in values:
+        v = np.asarray(values["phi_vec"])
+        out["phi"] = 0.5 * float(np.rad2deg(np.arctan2(v[1], v[0])))
+    return out
+
+
+def _potential(model, kwargs):
+    info = initialize_model(jax.random.PRNGKey(0), model, model_kwargs=kwargs,
+                            dynamic_args=False)
+    return info.potential_fn, info.postprocess_fn, info.param_info.z
+
+
+def image_position_model(lens_data, priors: Priors = Priors(), *, sigma: float = 0.003,
+                         image_plane: bool = True):
+    """Stage 1 of the blind lensing start: the mass, shear, source position and D_dt fitted to
+    the measured image positions and delays only (no image rendering, no lens-equation solve).
+    Position term: the image-plane offsets A_i^-1 (beta_i - beta) implied by the back-traced
+    images beta_i (A_i the lens-equation Jacobian at image i), with error ``sigma`` arcsec, or,
+    with ``image_plane=False``, the source-plane offsets beta_i - beta themselves (smoother far
+    from the solution: the blind start runs that first); delays at the measured positions."""
+    theta = galaxy_params(priors)
+    g = priors.shear_max
+    cx, cy = priors.centre
+    w = priors.source_half_width
+    p = dict(theta)
+    p["gamma1_ext"] = priors.site("gamma1_ext", dist.Uniform(-g, g))
+    p["gamma2_ext"] = priors.site("gamma2_ext", dist.Uniform(-g, g))
+    p["x_src"] = priors.site("x_src", dist.Uniform(cx - w, cx + w))
+    p["y_src"] = priors.site("y_src", dist.Uniform(cy - w, cy + w))
+    xy = jnp.stack([jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image)], axis=-1)
+    f, jac = lens._residual_jacobian(xy, lens._mass_kwargs(p), (p["x_src"], p["y_src"]))
+    offset = lens._solve2(jac, f) if image_plane else f  # image-plane offset to first order
+    numpyro.factor("positions", -0.5 * jnp.sum(offset**2) / sigma**2)
+    x, y = xy[:, 0], xy[:, 1]
+    dt = lens.time_delays(x, y, p, p["x_src"], p["y_src"])
+    r = (dt[1:] - jnp.asarray(lens_data.time_delays)[1:]) / jnp.asarray(
+        lens_data.time_delay_errors)[1:]
+    numpyro.factor("time_delays", -0.5 * jnp.sum(r * r))
+
+
+def _adam(potential_fn, z0, n_steps, learning_rate, desc, progress):
+    """Minimise ``potential_fn`` from a batch of unconstrained starts (leading axis) at once;
+    returns each start's best iterate, its potential at the start and at that iterate."""
+    from tqdm.auto import tqdm
+
+    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, n_steps, alpha=0.05))
+    batched = jax.vmap(jax.value_and_grad(potential_fn))
+
+    @jax.jit
+    def step(z, state, z_best, u_best):
+        u, g = batched(z)
+        u = jnp.where(jnp.isfinite(u), u, jnp.inf)
+        better = u < u_best
+        z_best = jax.tree.map(
+            lambda b, a: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), z_best, z)
+        u_best = jnp.where(better, u, u_best)
+        g = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0.0), g)
+        upd, state = opt.update(g, state, z)
+        return optax.apply_updates(z, upd), state, z_best, u_best, u
+
+    n = len(jax.tree.leaves(z0)[0])
+    z, state, z_best, u_best = z0, opt.init(z0), z0, jnp.full((n,), jnp.inf)
+    u_first = None
+    for _ in tqdm(range(n_steps), desc=desc, unit="step", disable=not progress):
+        z, state, z_best, u_best, u = step(z, state, z_best, u_best)
+        u_first = u if u_first is None else u_first
+    _, _, _, _, u_last = step(z, state, z_best, u_best)  # the potential at the final z
+    better = u_last < u_best
+    z_best = jax.tree.map(
+        lambda b, a: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), z_best, z)
+    return z_best, np.asarray(u_first), np.asarray(jnp.minimum(u_last, u_best))
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float32) for x in a]), *trees)
+
+
+def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: int = 500,
+             learning_rate: float | None = None, position_steps: int = 1000,
+             position_learning_rate: float = 0.05, position_starts: int = 64,
+             priors: Priors | None = None,
+             progress: bool = True) -> dict:
+    """Blind MAP: ``n_starts`` prior draws, optimised together by Adam; returns the best.
+
+    With lensing data, ``position_starts`` prior draws are first fitted to the image positions
+    and delays (``image_position_model``: cheap, no image rendering), the ``n_starts`` best of
+    them get amplitudes by least squares, and only these go on to the full model. Returns a dict: ``z`` (unconstrained latent values of the best start),
+    ``values`` (constrained), ``log_density_start`` / ``log_density`` of every start (before /
+    after the full-model optimisation), ``potential_fn``, ``postprocess_fn``, ``wall_s``."""
+    t0 = time.perf_counter()
+    priors = kwargs.get("priors", Priors()) if priors is None else priors
+    potential_fn, postprocess_fn, _ = _potential(model, kwargs)
+    lens_data = kwargs.get("lens_data")
+    if learning_rate is None:  # the imaging likelihood is far sharper than the kinematic one
+        learning_rate = 0.003 if lens_data is not None else 0.02
+    n_draws = max(n_starts, position_starts) if lens_data is not None else n_starts
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_draws)
+    draws = [_latent_values(model, kwargs, key) for key in keys]
+    if lens_data is not None:
+        pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
+        pos_pot, _, _ = _potential(image_position_model, pos_kw)
+        z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
+                                       {k: v for k, v in d.items() if k not in LENS_NUISANCE
+                                        or k in ("gamma1_ext", "gamma2_ext", "x_src", "y_src")})
+                        for d in draws])
+        z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
+                            "MAP (source plane)", progress)
+        pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
+        pos_pot, _, _ = _potential(image_position_model, pos_kw)
+        z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, position_learning_rate / 5,
+                                "MAP (image plane)", progress)
+        order = np.argsort(u_pos)[:n_starts]
+        draws = [draws[k] for k in order]
+        z_pos = jax.tree.map(lambda a: a[order], z_pos)
+        scales = kwargs.get("scales") or amplitude_scales(lens_data)
+        fitted = []
+        for k, d in enumerate(draws):
+            zk = jax.tree.map(lambda a: a[k], z_pos)
+            v = dict(d)
+            v.update({name: np.asarray(val) for name, val in
+                      _constrain_latents(image_position_model, pos_kw, zk).items()})
+            fitted.append(_lensing_start(v, lens_data, priors, scales, set_source=False))
+        draws = fitted
+    z0 = _stack([unconstrain_fn(model, (), kwargs, v) for v in draws])
+    z, u_prior, u_final = _adam(potential_fn, z0, n_steps, learning_rate, "MAP", progress)
+    best = int(np.argmin(u_final))
+    z_best = jax.tree.map(lambda a: a[best], z)
+    return {"z": z_best, "values": postprocess_fn(z_best), "best": best,
+            "log_density_start": -u_prior,
+            "log_density": -u_final, "potential_fn": potential_fn,
+            "postprocess_fn": postprocess_fn, "wall_s": time.perf_counter() - t0}
+
+
+def _constrain_latents(model, kwargs, z) -> dict:
+    from numpyro.infer.util import constrain_fn
+
+    return constrain_fn(model, (), kwargs, z)
+
+
+def laplace(potential_fn, z, step: float = 1e-3) -> np.ndarray | None:
+    """Inverse Hessian of the potential at ``z`` (flattened unconstrained order), or None
+    when the Hessian is not positive definite. The Hessian is the central finite difference of
+    the exact gradients (some pieces, e.g. the Sersic b_n root, have no second derivative)."""
+    flat, unravel = ravel_pytree(z)
+    d = flat.shape[0]
+    grad = jax.vmap(jax.grad(lambda f: potential_fn(unravel(f))))
+    eye = np.eye(d) * step
+    pts = jnp.asarray(np.concatenate([np.asarray(flat) + eye, np.asarray(flat) - eye]),
+                      dtype=flat.dtype)
+    g = np.asarray(grad(pts), dtype=float)
+    h = (g[:d] - g[d:]) / (2 * step)
+    h = 0.5 * (h + h.T)
+    if not np.all(np.isfinite(h)):
+        return None
+    try:
+        np.linalg.cholesky(h)
+    except np.linalg.LinAlgError:
+        return None
+    cov = np.linalg.inv(h)
+    return 0.5 * (cov + cov.T)
+
+
+def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
+             num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
+             chain_method: str = "vectorized", progress: bool = True):
+    """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
+
+    The chains start at independent draws of N(z_MAP, H^-1) in unconstrained space (the MAP
+    itself if the Hessian is not positive definite); H^-1 seeds the adapted mass matrix."""
+    z = map_result["z"]
+    flat, unravel = ravel_pytree(z)
+    cov = laplace(map_result["potential_fn"], z)
+    rng = np.random.default_rng(seed)
+    if cov is not None:
+        draws = rng.multivariate_normal(np.asarray(flat, float), cov, size=num_chains)
+    else:
+        draws = np.repeat(np.asarray(flat, float)[None], num_chains, axis=0)
+    init = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
+    # the data are closed over, not passed through MCMC.run (which maps over its arguments'
+    # leaves, and LensingData validates its leaves when rebuilt)
+    bound = functools.partial(model, **kwargs)
+    kernel = NUTS(bound, dense_mass=True, max_tree_depth=max_tree_depth,
+                  inverse_mass_matrix=None if cov is None else jnp.asarray(cov, flat.dtype))
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=progress)
+    mcmc.run(jax.random.PRNGKey(seed), init_params=init)
+    return mcmc
+
+
+# --------------------------------------------------------------------------------------------
+# derived quantities
+
+
+_C_KM_S = 299792.458
+_G_MPC_MSUN = 4.30091727e-9  # G [Mpc (km/s)^2 / M_sun] (IAU nominal; astropy gives the same)
+
+
+def mass_within(R, theta_E, gamma, D_dt, z_lens=cv.Z_D):
+    """Projected lens mass [M_sun] inside the isodensity ellipse of (intermediate-axis) radius
+    ``R`` [arcsec] of a power law of slope ``gamma``: M(<theta_E) (R/theta_E)^(3-gamma), with
+    M(<theta_E) = pi Sigma_crit (D_d theta_E)^2 = c^2 D_dt theta_E^2 / (4 G (1 + z_lens)).
+    Depends on the distances through D_dt only."""
+    arc = math.pi / 648000.0
+    m_e = _C_KM_S**2 * D_dt * (theta_E * arc) ** 2 / (4.0 * _G_MPC_MSUN * (1.0 + z_lens))
+    return m_e * (R / theta_E) ** (3.0 - gamma)
+
+
+def derived_quantities(samples: Mapping, z_lens: float = cv.Z_D) -> dict:
+    """log10 of the projected mass inside theta_E and inside R_sersic [M_sun] from samples."""
+    tE, g, Ddt = (np.asarray(samples[k]) for k in ("theta_E", "gamma", "D_dt"))
+    return {
+        "log10_M_thetaE": np.log10(mass_within(tE, tE, g, Ddt, z_lens)),
+        "log10_M_Rsersic": np.log10(mass_within(np.asarray(samples["R_sersic"]), tE, g, Ddt,
+                                                z_lens)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# one call
+
+
+@dataclasses.dataclass
+class FitResult:
+    idata: Any  # arviz.InferenceData
+    map: dict
+    mcmc: Any
+    timings: dict
+
+    def summary(self, var_names=GALAXY_SITES):
+        import arviz as az
+
+        return az.summary(self.idata, var_names=list(var_names), round_to=None)
+
+
+def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
+        num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
+        max_tree_depth: int = 8, chain_method: str = "vectorized", z_lens: float = cv.Z_D,
+        position_steps: int = 1000, progress: bool = True) -> FitResult:
+    """Blind MAP start then NUTS; an arviz InferenceData with the 13 parameters, the
+    reparametrised latents, the derived masses and sampler statistics."""
+    import arviz as az
+
+    t0 = time.perf_counter()
+    m = find_map(model, kwargs, seed=seed, n_starts=n_starts, n_steps=map_steps,
+                 position_steps=position_steps, progress=progress)
+    t1 = time.perf_counter()
+    mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
+                    num_chains=num_chains, max_tree_depth=max_tree_depth,
+                    chain_method=chain_method, progress=progress)
+    t2 = time.perf_counter()
+    samples = mcmc.get_samples(group_by_chain=True)
+    keep = {k: np.asarray(v) for k, v in samples.items()
+            if k not in ("vrms_model",) and np.asarray(v).ndim <= 3}
+    keep.update(derived_quantities(keep, z_lens))
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {"diverging": np.asarray(extra["diverging"])} if "diverging" in extra else {}
+    idata = az.from_dict(posterior=keep, sample_stats=stats)
+    idata.posterior.attrs["jkin_map_log_density"] = float(m["log_density"][m["best"]])
+    timings = {"map_s": t1 - t0, "nuts_s": t2 - t1, "total_s": t2 - t0}
+    return FitResult(idata, m, mcmc, timings)

@@ -1,0 +1,198 @@
+"""Tests of jkin.inference (NumPyro models, blind MAP, NUTS) and jkin.fitting (``jkin fit``).
+
+References: hand-written log densities (scipy.stats, the likelihood functions of jkin.kinematics
+and jkin.lensing, tested elsewhere against independent codes), the analytic posterior of a
+linear-Gaussian problem, and jkin.conventions' domain check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import Predictive
+from numpyro.infer.util import log_density
+from scipy import stats
+
+from jkin import conventions as cv
+from jkin import inference as inf
+from jkin import kinematics as kin
+from jkin import lensing, mocks
+
+
+def smooth_emulator(params, x, y):
+    """A smooth positive v_rms map of all 8 parameters (cheap stand-in for the network)."""
+    p = jnp.asarray(params)[..., None, :]
+    r2 = p[..., 2] * x**2 + y**2 / p[..., 3] + 0.1**2
+    return (250.0 * p[..., 0] ** 0.5 * r2 ** (-0.05 * (p[..., 1] - 1.0))
+            * (1.0 + 0.1 * p[..., 6]) * (1.0 + 0.02 * p[..., 5] + 0.01 * p[..., 4])
+            * (1.0 + 0.02 * jnp.cos(jnp.deg2rad(p[..., 7]))))
+
+
+@pytest.fixture(scope="module")
+def kin_data():
+    return mocks.make_mock_ifu(seed=3, truth="emulator", emulator=smooth_emulator, n_pix=21,
+                               exposure=600.0, supersampling=1)
+
+
+@pytest.fixture(scope="module")
+def lens_mock():
+    return lensing.make_mock_lensing(seed=1, settings=lensing.MockSettings(n_pix=40))
+
+
+def _theta_point():
+    return {"theta_E": 1.1, "gamma": 2.0, "q_mass": 0.85, "q_light": 0.8, "R_sersic_frac": 0.7,
+            "n_sersic": 3.0, "beta_z": 0.1, "inclination_frac": 0.4,
+            "phi_vec": jnp.array([0.5, 0.8]), "x_c": 0.02, "y_c": -0.03, "D_dt": 3000.0,
+            "D_d": 1300.0}
+
+
+def _galaxy(point):
+    i_min = math.degrees(math.acos(min(point["q_mass"], point["q_light"]))) + 2.0
+    phi = 0.5 * math.degrees(math.atan2(float(point["phi_vec"][1]), float(point["phi_vec"][0])))
+    return dict(point, R_sersic=point["theta_E"] * point["R_sersic_frac"],
+                inclination=i_min + (90.0 - i_min) * point["inclination_frac"], phi=phi)
+
+
+def _galaxy_log_prior(point, priors=inf.Priors()):
+    lp = 0.0
+    for name in ("theta_E", "gamma", "q_mass", "q_light", "n_sersic", "beta_z"):
+        lo, hi = cv._FIXED_BOUNDS[name]
+        lp += stats.uniform(lo, hi - lo).logpdf(point[name])
+    lp += stats.uniform(0.5, 0.5).logpdf(point["R_sersic_frac"])
+    lp += stats.uniform(0, 1).logpdf(point["inclination_frac"])
+    lp += stats.norm.logpdf(np.asarray(point["phi_vec"])).sum()
+    w = priors.centre_half_width
+    lp += 2 * stats.uniform(-w, 2 * w).logpdf(0.0)
+    for name, (lo, hi) in (("D_dt", priors.D_dt_range), ("D_d", priors.D_d_range)):
+        lp += stats.uniform(lo, hi - lo).logpdf(point[name])
+    return lp
+
+
+def test_kinematics_model_log_density_by_hand(kin_data):
+    point = _theta_point()
+    ld, _ = log_density(inf.kinematics_model, (), dict(kin_data=kin_data,
+                                                       emulator=smooth_emulator), point)
+    theta = _galaxy(point)
+    model = np.asarray(kin.predict_binned_vrms(theta, kin_data, smooth_emulator), float)
+    cov = np.asarray(kin_data.cov_cholesky, float) @ np.asarray(kin_data.cov_cholesky, float).T
+    want = _galaxy_log_prior(point) + stats.multivariate_normal(model, cov).logpdf(
+        np.asarray(kin_data.vrms, float))
+    assert float(ld) == pytest.approx(want, rel=1e-5)
+
+
+def test_lensing_and_joint_log_density_by_hand(kin_data, lens_mock):
+    data, truth = lens_mock.data, lens_mock.truth
+    scales = inf.amplitude_scales(data)
+    point = _theta_point()
+    point.update(theta_E=truth["theta_E"], gamma=truth["gamma"], q_mass=truth["q_mass"],
+                 x_c=0.0, y_c=0.0, q_light=truth["q_light"],
+                 R_sersic_frac=truth["R_sersic"] / truth["theta_E"],
+                 n_sersic=truth["n_sersic"], D_dt=truth["D_dt"],
+                 phi_vec=jnp.array([math.cos(math.radians(2 * truth["phi"])),
+                                    math.sin(math.radians(2 * truth["phi"]))]))
+    nuisance = {k: truth[k] for k in inf.LENS_NUISANCE}
+    point.update(nuisance)
+    params = dict(_galaxy(point), **nuisance)
+    pr = inf.Priors()
+    lp = _galaxy_log_prior(point)
+    lp += 2 * stats.uniform(-0.2, 0.4).logpdf(0.0)
+    lp += 2 * stats.uniform(-1.0, 2.0).logpdf(0.0)
+    lp += stats.uniform(0.02, 0.98).logpdf(truth["R_sersic_src"])
+    lp += stats.uniform(0.5, 5.5).logpdf(truth["n_sersic_src"])
+    for name in ("amp_light", "amp_src", "amp_ps"):
+        s = scales[name]
+        a = np.atleast_1d(truth[name])
+        lp += stats.loguniform(s * 1e-3, s * 1e3).logpdf(a).sum()
+    ll = float(lensing.lensing_log_likelihood(params, data))
+    ld, _ = log_density(inf.lensing_model, (), dict(lens_data=data, scales=scales, priors=pr),
+                        point)
+    assert float(ld) == pytest.approx(lp + ll, rel=1e-5)
+    # joint = shared prior + both likelihoods
+    ldj, _ = log_density(inf.joint_model, (), dict(kin_data=kin_data, lens_data=data,
+                                                   emulator=smooth_emulator, scales=scales),
+                         point)
+    kin_ll = float(kin.kinematic_log_likelihood(params, kin_data, smooth_emulator))
+    assert float(ldj) == pytest.approx(lp + ll + kin_ll, rel=1e-5)
+
+
+def test_priors_stay_in_the_emulator_domain():
+    draws = Predictive(inf.galaxy_params, num_samples=4000)(jax.random.PRNGKey(1))
+    params = np.stack([np.asarray(draws[n], float) for n in cv.PARAM_NAMES], axis=-1)
+    assert cv.in_domain(params, rtol=1e-6).all()
+    # and they cover it: the reparametrised bounds are reached
+    frac = params[:, 4] / params[:, 0]
+    assert frac.min() < 0.51 and frac.max() > 0.99
+    i_min = cv.inclination_min(params[:, 2], params[:, 3])
+    assert ((params[:, 7] - i_min) / (90 - i_min)).min() < 0.01
+    phi = np.asarray(draws["phi"])
+    assert phi.min() < -85 and phi.max() > 85
+    assert stats.kstest((phi + 90) / 180, "uniform").pvalue > 1e-3
+
+
+def test_prior_overrides_and_errors():
+    pr = inf.Priors(overrides={"gamma": dist.Uniform(1.9, 2.1)})
+    draws = Predictive(inf.galaxy_params, num_samples=200)(jax.random.PRNGKey(0), pr)
+    assert 1.9 <= float(draws["gamma"].min()) and float(draws["gamma"].max()) <= 2.1
+    with pytest.raises(ValueError, match="unknown site 'gama'"):
+        inf.Priors(overrides={"gama": dist.Normal()})
+    with pytest.raises(ValueError, match="D_d_range"):
+        inf.Priors(D_d_range=(100.0, 50.0))
+
+
+def test_map_improves_on_prior_draws(kin_data):
+    kw = dict(kin_data=kin_data, emulator=smooth_emulator)
+    m = inf.find_map(inf.kinematics_model, kw, n_starts=3, n_steps=150, progress=False)
+    assert np.all(m["log_density"] >= m["log_density_start"])
+    assert m["log_density"].max() > np.median(m["log_density_start"]) + 10
+    assert set(inf.GALAXY_SITES) <= set(m["values"])
+
+
+def test_nuts_recovers_a_two_parameter_problem():
+    # y = a + b x + N(0, s^2) with flat priors: the posterior is the least-squares Gaussian
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 30)
+    s = 0.3
+    y = 0.5 + 1.5 * x + s * rng.normal(size=x.size)
+
+    def model(x, y):
+        a = numpyro.sample("a", dist.Uniform(-10, 10))
+        b = numpyro.sample("b", dist.Uniform(-10, 10))
+        numpyro.sample("y", dist.Normal(a + b * x, s), obs=y)
+
+    kw = dict(x=jnp.asarray(x), y=jnp.asarray(y))
+    m = inf.find_map(model, kw, n_starts=2, n_steps=1000, learning_rate=0.05, progress=False)
+    mcmc = inf.run_nuts(model, kw, m, num_warmup=200, num_samples=1000, num_chains=2,
+                        progress=False)
+    smp = mcmc.get_samples()
+    X = np.stack([np.ones_like(x), x], axis=1)
+    cov = s**2 * np.linalg.inv(X.T @ X)
+    mean = np.linalg.solve(X.T @ X, X.T @ y)
+    for k, name in enumerate("ab"):
+        sd = math.sqrt(cov[k, k])
+        assert abs(float(smp[name].mean()) - mean[k]) < 0.15 * sd
+        assert float(smp[name].std()) == pytest.approx(sd, rel=0.12)
+    assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
+
+
+def test_mass_within_against_direct_integral():
+    # circular power law: kappa = (3 - g)/2 (theta_E/r)^(g-1), M(<R) = Sigma_crit int kappa dA
+    from astropy import constants as c
+    from astropy import units as u
+
+    tE, g, Ddt, z = 1.2, 2.1, 3000.0, 0.5
+    Dd = 1200.0  # cancels
+    Ds_over_Dds = Ddt / ((1 + z) * Dd)
+    sigma_crit = (c.c**2 / (4 * math.pi * c.G) * Ds_over_Dds / (Dd * u.Mpc)).to(u.Msun / u.Mpc**2)
+    arc = math.pi / 648000
+    R = 0.7
+    from scipy.integrate import quad
+
+    integral = quad(lambda r: (3 - g) / 2 * (tE / r) ** (g - 1) * 2 * math.pi * r, 0, R)[0]
+    want = sigma_crit.value * integral * (arc * Dd) ** 2
+    assert inf.mass_within(R, tE, g, Ddt, z) == pytest.approx(want, rel=1e-6)
