@@ -378,7 +378,7 @@ def _stack(trees):
 
 def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: int = 500,
              learning_rate: float | None = None, position_steps: int = 1000,
-             position_learning_rate: float = 0.05, position_starts: int = 64,
+             position_learning_rate: float = 0.05, position_starts: int = 32,
              priors: Priors | None = None,
              progress: bool = True) -> dict:
     """Blind MAP: ``n_starts`` prior draws, optimised together by Adam; returns the best.
@@ -393,10 +393,16 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
     potential_fn, postprocess_fn, _ = _potential(model, kwargs)
     lens_data = kwargs.get("lens_data")
     if learning_rate is None:  # the imaging likelihood is far sharper than the kinematic one
-        learning_rate = 0.003 if lens_data is not None else 0.02
+        learning_rate = 0.003 if lens_data is not None else 0.05
     n_draws = max(n_starts, position_starts) if lens_data is not None else n_starts
     keys = jax.random.split(jax.random.PRNGKey(seed), n_draws)
     draws = [_latent_values(model, kwargs, key) for key in keys]
+    if lens_data is not None and "gamma" not in priors.overrides:
+        # the image positions do not constrain the slope: spread it evenly over its prior so
+        # that the image-based selection below can pick the one the arcs want
+        lo, hi = _bounds("gamma")
+        for k, d in enumerate(np.random.default_rng(seed).permutation(n_draws)):
+            draws[k]["gamma"] = np.asarray(lo + (hi - lo) * (d + 0.5) / n_draws, np.float32)
     if lens_data is not None:
         pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
         pos_pot, _, _ = _potential(image_position_model, pos_kw)
@@ -410,18 +416,21 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
         pos_pot, _, _ = _potential(image_position_model, pos_kw)
         z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, position_learning_rate / 5,
                                 "MAP (image plane)", progress)
-        order = np.argsort(u_pos)[:n_starts]
-        draws = [draws[k] for k in order]
-        z_pos = jax.tree.map(lambda a: a[order], z_pos)
+        # the half that fits the positions best get amplitudes by least squares; the n_starts
+        # of those with the best full posterior go on
+        order = np.argsort(u_pos)[:max(n_starts, len(draws) // 2)]
         scales = kwargs.get("scales") or amplitude_scales(lens_data)
         fitted = []
-        for k, d in enumerate(draws):
+        for k in order:
             zk = jax.tree.map(lambda a: a[k], z_pos)
-            v = dict(d)
+            v = dict(draws[k])
             v.update({name: np.asarray(val) for name, val in
                       _constrain_latents(image_position_model, pos_kw, zk).items()})
             fitted.append(_lensing_start(v, lens_data, priors, scales, set_source=False))
-        draws = fitted
+        z_fit = _stack([unconstrain_fn(model, (), kwargs, v) for v in fitted])
+        u_fit = np.asarray(jax.jit(jax.vmap(potential_fn))(z_fit))
+        u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
+        draws = [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
     z0 = _stack([unconstrain_fn(model, (), kwargs, v) for v in draws])
     z, u_prior, u_final = _adam(potential_fn, z0, n_steps, learning_rate, "MAP", progress)
     best = int(np.argmin(u_final))
@@ -440,8 +449,11 @@ def _constrain_latents(model, kwargs, z) -> dict:
 
 def laplace(potential_fn, z, step: float = 1e-3) -> np.ndarray | None:
     """Inverse Hessian of the potential at ``z`` (flattened unconstrained order), or None
-    when the Hessian is not positive definite. The Hessian is the central finite difference of
-    the exact gradients (some pieces, e.g. the Sersic b_n root, have no second derivative)."""
+    when the Hessian is not finite. The Hessian is the central finite difference of the exact
+    gradients (some pieces, e.g. the Sersic b_n root, have no second derivative). Where it is not
+    positive definite (a start short of the optimum), its eigenvalues are replaced by their
+    absolute values, floored at 1e-6 of the largest: the result still scales each direction by
+    its curvature, which is what NUTS needs from a mass matrix."""
     flat, unravel = ravel_pytree(z)
     d = flat.shape[0]
     grad = jax.vmap(jax.grad(lambda f: potential_fn(unravel(f))))
@@ -453,11 +465,10 @@ def laplace(potential_fn, z, step: float = 1e-3) -> np.ndarray | None:
     h = 0.5 * (h + h.T)
     if not np.all(np.isfinite(h)):
         return None
-    try:
-        np.linalg.cholesky(h)
-    except np.linalg.LinAlgError:
-        return None
-    cov = np.linalg.inv(h)
+    lam, vec = np.linalg.eigh(h)
+    lam = np.abs(lam)
+    lam = np.maximum(lam, 1e-6 * lam.max()) if lam.max() > 0 else np.ones_like(lam)
+    cov = (vec / lam) @ vec.T
     return 0.5 * (cov + cov.T)
 
 

@@ -18,7 +18,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TINY = {
     "JKIN_NB_NPIX": "8", "JKIN_NB_MAP_NPIX": "33", "JKIN_NB_MAP_STEPS": "5",
     "JKIN_NB_WARMUP": "5", "JKIN_NB_SAMPLES": "5", "JKIN_NB_IFU_NPIX": "15",
-    "JKIN_NB_STARTS": "2", "JKIN_NB_TREE_DEPTH": "3", "MPLBACKEND": "Agg",
+    "JKIN_NB_STARTS": "2", "JKIN_NB_TREE_DEPTH": "3", "JKIN_NB_POSITION_STEPS": "20",
+    "MPLBACKEND": "Agg",
 }
 
 
