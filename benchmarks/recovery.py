@@ -81,8 +81,7 @@ def main():
     ap.add_argument("--max-tree-depth", type=int, default=7)
     args = ap.parse_args()
 
-    from jkin.fitting import load_config, run_fit, run_many, write_config
-    from jkin.inference import GALAXY_SITES
+    from jkin.fitting import run_fit, run_many, write_config
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

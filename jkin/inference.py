@@ -185,6 +185,16 @@ def amplitude_scales(lens_data) -> dict:
     return {"amp_light": sb, "amp_src": sb, "amp_ps": ps}
 
 
+def _shear_and_source_position(priors) -> dict:
+    """The external shear and source-position sites (shared by the lensing models)."""
+    g, w = priors.shear_max, priors.source_half_width
+    cx, cy = priors.centre
+    return {"gamma1_ext": priors.site("gamma1_ext", dist.Uniform(-g, g)),
+            "gamma2_ext": priors.site("gamma2_ext", dist.Uniform(-g, g)),
+            "x_src": priors.site("x_src", dist.Uniform(cx - w, cx + w)),
+            "y_src": priors.site("y_src", dist.Uniform(cy - w, cy + w))}
+
+
 def _log_uniform(scale, decades):
     return dist.LogUniform(scale * 10.0 ** -decades, scale * 10.0 ** decades)
 
@@ -202,14 +212,7 @@ def lensing_model(lens_data, priors: Priors = Priors(), theta=None, *,
                          "angle and a circular source; write your own model for other choices")
     theta = galaxy_params(priors) if theta is None else theta
     scales = amplitude_scales(lens_data) if scales is None else scales
-    g = priors.shear_max
-    cx, cy = priors.centre
-    w = priors.source_half_width
-    p = dict(theta)
-    p["gamma1_ext"] = priors.site("gamma1_ext", dist.Uniform(-g, g))
-    p["gamma2_ext"] = priors.site("gamma2_ext", dist.Uniform(-g, g))
-    p["x_src"] = priors.site("x_src", dist.Uniform(cx - w, cx + w))
-    p["y_src"] = priors.site("y_src", dist.Uniform(cy - w, cy + w))
+    p = dict(theta, **_shear_and_source_position(priors))
     d = priors.amplitude_decades
     p["amp_light"] = priors.site("amp_light", _log_uniform(scales["amp_light"], d))
     p["amp_src"] = priors.site("amp_src", _log_uniform(scales["amp_src"], d))
@@ -320,14 +323,7 @@ def image_position_model(lens_data, priors: Priors = Priors(), *, sigma: float =
     with ``image_plane=False``, the source-plane offsets beta_i - beta themselves (smoother far
     from the solution: the blind start runs that first); delays at the measured positions."""
     theta = galaxy_params(priors)
-    g = priors.shear_max
-    cx, cy = priors.centre
-    w = priors.source_half_width
-    p = dict(theta)
-    p["gamma1_ext"] = priors.site("gamma1_ext", dist.Uniform(-g, g))
-    p["gamma2_ext"] = priors.site("gamma2_ext", dist.Uniform(-g, g))
-    p["x_src"] = priors.site("x_src", dist.Uniform(cx - w, cx + w))
-    p["y_src"] = priors.site("y_src", dist.Uniform(cy - w, cy + w))
+    p = dict(theta, **_shear_and_source_position(priors))
     xy = jnp.stack([jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image)], axis=-1)
     f, jac = lens._residual_jacobian(xy, lens._mass_kwargs(p), (p["x_src"], p["y_src"]))
     offset = lens._solve2(jac, f) if image_plane else f  # image-plane offset to first order
@@ -404,6 +400,7 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
         for k, d in enumerate(np.random.default_rng(seed).permutation(n_draws)):
             draws[k]["gamma"] = np.asarray(lo + (hi - lo) * (d + 0.5) / n_draws, np.float32)
     if lens_data is not None:
+        scales = kwargs.get("scales") or amplitude_scales(lens_data)
         pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
         pos_pot, _, _ = _potential(image_position_model, pos_kw)
         z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
@@ -419,7 +416,6 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
         # the half that fits the positions best get amplitudes by least squares; the n_starts
         # of those with the best full posterior go on
         order = np.argsort(u_pos)[:max(n_starts, len(draws) // 2)]
-        scales = kwargs.get("scales") or amplitude_scales(lens_data)
         fitted = []
         for k in order:
             zk = jax.tree.map(lambda a: a[k], z_pos)
