@@ -253,20 +253,12 @@ def _latent_values(model, kwargs, key) -> dict:
             if s["type"] == "sample" and not s["is_observed"]}
 
 
-def _lensing_start(values, lens_data, priors, scales, set_source=True):
-    """Data-driven lensing nuisances for one start: the source at the mean of the back-traced
-    images under the drawn mass; the amplitudes by non-negative weighted least squares on the
-    image (each component rendered with unit amplitude), kept inside their priors."""
+def _lensing_start(values, lens_data, priors, scales):
+    """The amplitudes of one start by non-negative weighted least squares on the image (each
+    component rendered with unit amplitude), kept inside their priors."""
     p = {k: np.asarray(v) for k, v in values.items()}
     full = dict(p)
     full.update({k: float(v) for k, v in _deterministic_galaxy(p).items()})
-    if set_source:
-        xs, ys = lens.ray_shoot(jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image),
-                                full)
-        w = priors.source_half_width - 1e-3
-        p["x_src"] = np.clip(float(jnp.mean(xs)), priors.centre[0] - w, priors.centre[0] + w)
-        p["y_src"] = np.clip(float(jnp.mean(ys)), priors.centre[1] - w, priors.centre[1] + w)
-    full.update(x_src=p["x_src"], y_src=p["y_src"])
     n_img = lens_data.n_images
     names = ["amp_light", "amp_src"] + [f"amp_ps{i}" for i in range(n_img)]
     render = jax.jit(lambda q: lens.lens_image_model(q, lens_data))
@@ -422,7 +414,7 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
             v = dict(draws[k])
             v.update({name: np.asarray(val) for name, val in
                       _constrain_latents(image_position_model, pos_kw, zk).items()})
-            fitted.append(_lensing_start(v, lens_data, priors, scales, set_source=False))
+            fitted.append(_lensing_start(v, lens_data, priors, scales))
         z_fit = _stack([unconstrain_fn(model, (), kwargs, v) for v in fitted])
         u_fit = np.asarray(jax.jit(jax.vmap(potential_fn))(z_fit))
         u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
