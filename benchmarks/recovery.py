@@ -67,6 +67,20 @@ def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
     return {"kinematics": kin_path, "lensing": lens_path}
 
 
+def run_system(configs, echo=False) -> list[str]:
+    """The fits of one system, in order (configs are read only when their turn comes, so that
+    ``init_from`` can point at a fit of the same run)."""
+    from jkin.fitting import run_fit
+
+    lines = []
+    for cfg in configs:
+        r = run_fit(cfg, progress=False)
+        lines.append(f"{r['name']}: {r['wall_s']:.0f} s, max R-hat {r['max_rhat']:.3f}")
+        if echo:
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -79,40 +93,54 @@ def main():
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--num-chains", type=int, default=2)
     ap.add_argument("--max-tree-depth", type=int, default=7)
+    ap.add_argument("--n-starts", type=int, default=4, help="MAP starts per fit")
+    ap.add_argument("--map-steps", type=int, default=3000, help="L-BFGS iterations per start")
     args = ap.parse_args()
 
-    from jkin.fitting import run_fit, run_many, write_config
+    from jkin.fitting import write_config
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    inference = dict(seed=0, n_starts=4, map_steps=300, num_warmup=args.num_warmup,
-                     num_samples=args.num_samples, num_chains=args.num_chains,
-                     max_tree_depth=args.max_tree_depth)
+    inference = dict(seed=0, n_starts=args.n_starts, map_steps=args.map_steps,
+                     num_warmup=args.num_warmup, num_samples=args.num_samples,
+                     num_chains=args.num_chains, max_tree_depth=args.max_tree_depth)
     if args.quick:
         inference.update(n_starts=2, map_steps=20, num_warmup=20, num_samples=20,
-                         max_tree_depth=3)
+                         max_tree_depth=3, position_steps=100)
     truths = system_truths(args.systems)
-    configs = []
-    for k, truth in enumerate(truths):
+    jobs = []  # one list of configs per system, run in order (the joint fit starts at the
+    for k, truth in enumerate(truths):  # lensing-only MAP when that fit is in the run)
         paths = write_system(out, k, truth, seed=100 + k)
+        d = out / f"system{k:02d}"
+        todo = []
         for mode in args.modes:
-            d = out / f"system{k:02d}"
-            cfg = write_config(d / f"{mode}.toml", mode=mode,
-                               data={n: p.name for n, p in paths.items()}, output=mode,
-                               inference=inference, weights=args.weights,
-                               name=f"system{k:02d}-{mode}")
+            inf_mode = dict(inference)
+            if mode == "joint" and "lensing" in args.modes:
+                inf_mode["init_from"] = "lensing"
+            cfg = d / f"{mode}.toml"
             if not (d / mode / "fit.json").exists():
-                configs.append(cfg)
-    print(f"{len(configs)} fits to run ({args.systems} systems x {args.modes}; finished ones kept)")
+                write_config(cfg, mode=mode, data={n: p.name for n, p in paths.items()},
+                             output=mode, inference=inf_mode, weights=args.weights,
+                             name=f"system{k:02d}-{mode}")
+                todo.append(cfg)
+        if todo:
+            jobs.append(todo)
+    print(f"{sum(map(len, jobs))} fits to run ({args.systems} systems x {args.modes}; "
+          "finished ones kept)", flush=True)
     t0 = time.perf_counter()
-    if configs:
-        if args.workers > 1:
-            run_many(configs, n_workers=args.workers, progress=False)
-        else:
-            for i, cfg in enumerate(configs):
-                r = run_fit(cfg, progress=False)
-                print(f"[{i + 1}/{len(configs)}] {r['name']}: {r['wall_s']:.0f} s, max R-hat "
-                      f"{r['max_rhat']:.3f}", flush=True)
+    if jobs and args.workers > 1:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            futures = [client.submit(run_system, todo, pure=False) for todo in jobs]
+            for fut in as_completed(futures):
+                for line in fut.result():
+                    print(line, flush=True)
+    else:
+        for todo in jobs:
+            for line in run_system(todo, echo=True):
+                pass
     report(out, truths, args.modes, time.perf_counter() - t0)
 
 

@@ -25,7 +25,8 @@ R_sersic           ``R_sersic = theta_E * R_sersic_frac``, ``R_sersic_frac ~ U(0
                    coupled bound of the training space, without a likelihood cliff
 inclination        ``i_min(q_mass, q_light) + (90 deg - i_min) * inclination_frac``,
                    ``inclination_frac ~ U(0, 1)``; i_min = arccos(min q) + 2 deg as in training
-phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ N(0, I_2)``:
+phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ N(0, I_2)``
+                   times a ring factor exp(-(|phi_vec| - 1)^2 / (2 * 0.1^2)) (no funnel at 0):
                    uniform in (-90, 90], no wrap-around edge for NUTS (phi is defined mod 180)
 x_c, y_c [arcsec]  uniform in ``centre +- centre_half_width`` (default (0, 0) +- 0.5")
 D_dt, D_d [Mpc]    uniform in ``[D_dt_range]``, ``[D_d_range]`` (default 0.5-2x the fiducial
@@ -41,12 +42,14 @@ amp_ps             image (``amplitude_scales``)
 Custom priors must keep the emulator inside its training space (``jkin.conventions``): under
 tracing the emulator does not check its inputs, and outside the space it extrapolates.
 
-Inference (``fit``): a blind start (``find_map``: ``n_starts`` draws from the prior, lensing
-nuisances set from the data (source at the mean of the back-traced images, amplitudes by weighted
-least squares), all optimised at once, vectorised, by optax Adam in numpyro's unconstrained
-space; the best kept), then NUTS with several chains started from the Laplace approximation at
-the MAP, whose inverse Hessian also seeds the dense mass matrix. Returns an arviz
-InferenceData with derived quantities (``derived_quantities``).
+Inference (``fit``): a blind start (``find_map``: ``n_starts`` draws from the prior; with
+imaging, the mass, shear and source position of 32 draws are first fitted to the image positions
+and delays and the amplitudes solved by least squares, and the draws that then best fit the
+image go on), each start optimised by L-BFGS on the exact gradient in numpyro's unconstrained
+space, the best kept; then NUTS with several chains started from the Laplace approximation at the
+MAP, whose inverse Hessian also seeds the dense mass matrix. With imaging everything runs in
+float64 (``x64``). Returns an arviz InferenceData with derived quantities
+(``derived_quantities``).
 """
 
 from __future__ import annotations
@@ -75,11 +78,13 @@ from jkin import lensing as lens
 __all__ = [
     "Priors", "GALAXY_SITES", "galaxy_params", "kinematics_model", "lensing_model",
     "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
-    "derived_quantities", "mass_within", "MODELS",
+    "derived_quantities", "mass_within", "MODELS", "float32_emulator",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
 GALAXY_SITES = kin.THETA_NAMES
+#: Width of the ring that keeps the phi 2-vector's norm near 1 (see ``galaxy_params``).
+PHI_RING_WIDTH = 0.1
 #: Lens-only nuisance parameters of ``lensing_model`` (default ``LensModelConfig``).
 LENS_NUISANCE = ("gamma1_ext", "gamma2_ext", "x_src", "y_src", "amp_light", "amp_src",
                  "R_sersic_src", "n_sersic_src", "amp_ps")
@@ -149,6 +154,11 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
         p["phi"] = priors.site("phi", None)
     else:
         vec = numpyro.sample("phi_vec", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        # keep |phi_vec| near 1: the likelihood fixes only the angle, and with a bare N(0, I)
+        # the posterior is a funnel (the MAP falls to |phi_vec| -> 0, where the angle's width
+        # does too; NUTS then stalls, as it did on the lensing posterior: R-hat 1.4-3)
+        r = jnp.sqrt(jnp.sum(vec**2) + 1e-12)
+        numpyro.factor("phi_ring", -0.5 * ((r - 1.0) / PHI_RING_WIDTH) ** 2)
         p["phi"] = numpyro.deterministic("phi", 0.5 * jnp.rad2deg(jnp.arctan2(vec[1], vec[0])))
     for name, c in zip(("x_c", "y_c"), priors.centre):
         w = priors.centre_half_width
@@ -253,31 +263,43 @@ def _latent_values(model, kwargs, key) -> dict:
             if s["type"] == "sample" and not s["is_observed"]}
 
 
+@jax.jit
+def _amplitude_basis(params, lens_data):
+    """The model image of each linear component with unit amplitude (lens light, source, each
+    quasar image), stacked: (2 + n_images, n_pix, n_pix)."""
+    n_img = lens_data.x_image.shape[0]
+    units = jnp.eye(2 + n_img, dtype=jnp.result_type(float))
+
+    def render(u):
+        q = dict(params, amp_light=u[0], amp_src=u[1], amp_ps=u[2:])
+        return lens.lens_image_model(q, lens_data)
+
+    return jax.vmap(render)(units)
+
+
+def _prior_draws(model, kwargs, seed, n) -> list[dict]:
+    """``n`` draws of the latent sites from the prior (one compiled, vectorised trace: an eager
+    trace would evaluate the imaging likelihood op by op, ~20 s each)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    stacked = jax.jit(jax.vmap(lambda k: _latent_values(model, kwargs, k)))(keys)
+    return [{k: np.asarray(v[i]) for k, v in stacked.items()} for i in range(n)]
+
+
 def _lensing_start(values, lens_data, priors, scales):
     """The amplitudes of one start by non-negative weighted least squares on the image (each
     component rendered with unit amplitude), kept inside their priors."""
+    from scipy.optimize import nnls
+
     p = {k: np.asarray(v) for k, v in values.items()}
     full = dict(p)
     full.update({k: float(v) for k, v in _deterministic_galaxy(p).items()})
-    n_img = lens_data.n_images
-    names = ["amp_light", "amp_src"] + [f"amp_ps{i}" for i in range(n_img)]
-    render = jax.jit(lambda q: lens.lens_image_model(q, lens_data))
-    full = {k: jnp.asarray(v, jnp.float32) for k, v in full.items()}
-    basis = []
-    for k in range(len(names)):
-        q = dict(full, amp_light=0.0, amp_src=0.0, amp_ps=np.zeros(n_img))
-        if k == 0:
-            q["amp_light"] = 1.0
-        elif k == 1:
-            q["amp_src"] = 1.0
-        else:
-            q["amp_ps"] = np.eye(n_img)[k - 2]
-        q = {k2: jnp.asarray(v, jnp.float32) for k2, v in q.items()}
-        basis.append(np.asarray(render(q), dtype=float).ravel())
+    dtype = jnp.result_type(float)
+    full = {k: jnp.asarray(v, dtype) for k, v in full.items()
+            if k not in ("amp_light", "amp_src", "amp_ps")}
+    basis = np.asarray(_amplitude_basis(full, lens_data), dtype=float)
+    basis = basis.reshape(len(basis), -1).T
     w = (np.asarray(lens_data.mask) / np.asarray(lens_data.noise_map)).ravel()
-    from scipy.optimize import nnls
-
-    a, _ = nnls(np.stack(basis, axis=1) * w[:, None], np.asarray(lens_data.image).ravel() * w)
+    a, _ = nnls(basis * w[:, None], np.asarray(lens_data.image).ravel() * w)
     d = priors.amplitude_decades
     clip = lambda v, s: float(np.clip(v, s * 10 ** -d * 1.01, s * 10 ** d * 0.99))  # noqa: E731
     p["amp_light"] = clip(a[0], scales["amp_light"])
@@ -300,10 +322,11 @@ def _deterministic_galaxy(values) -> dict:
     return out
 
 
-def _potential(model, kwargs):
+def _potential(model, kwargs, with_transforms=False):
     info = initialize_model(jax.random.PRNGKey(0), model, model_kwargs=kwargs,
                             dynamic_args=False)
-    return info.potential_fn, info.postprocess_fn, info.param_info.z
+    out = (info.potential_fn, info.postprocess_fn, info.param_info.z)
+    return out + (_latent_transforms(info.model_trace),) if with_transforms else out
 
 
 def image_position_model(lens_data, priors: Priors = Priors(), *, sigma: float = 0.003,
@@ -361,72 +384,215 @@ def _adam(potential_fn, z0, n_steps, learning_rate, desc, progress):
 
 
 def _stack(trees):
-    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float32) for x in a]), *trees)
+    dtype = jnp.result_type(float)
+    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x, dtype) for x in a]), *trees)
 
 
-def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: int = 500,
-             learning_rate: float | None = None, position_steps: int = 1000,
-             position_learning_rate: float = 0.05, position_starts: int = 32,
-             priors: Priors | None = None,
-             progress: bool = True) -> dict:
-    """Blind MAP: ``n_starts`` prior draws, optimised together by Adam; returns the best.
+def _use_x64(kwargs, x64):
+    """float64 by default whenever there is imaging: its chi^2 valley is too narrow for float32
+    (measured: L-BFGS in float32 stops at -log p = 7.2e3 on the demo quad, float64 goes on to
+    2.54e3, below the truth's 2.55e3)."""
+    return kwargs.get("lens_data") is not None if x64 is None else bool(x64)
 
-    With lensing data, ``position_starts`` prior draws are first fitted to the image positions
-    and delays (``image_position_model``: cheap, no image rendering), the ``n_starts`` best of
-    them get amplitudes by least squares, and only these go on to the full model. Returns a dict: ``z`` (unconstrained latent values of the best start),
-    ``values`` (constrained), ``log_density_start`` / ``log_density`` of every start (before /
-    after the full-model optimisation), ``potential_fn``, ``postprocess_fn``, ``wall_s``."""
+
+def float32_emulator(emulator):
+    """The emulator evaluated in float32 whatever the input dtype, its output cast back: in a
+    float64 (imaging) fit the network's own error (~0.5 km/s) dwarfs float32 rounding, and the
+    network is 2-3x cheaper in float32 on a CPU."""
+    if getattr(emulator, "_jkin_float32", False):
+        return emulator
+
+    def f(params, x, y):
+        dtype = jnp.result_type(params, x, y)
+        v = emulator(jnp.asarray(params, jnp.float32), jnp.asarray(x, jnp.float32),
+                     jnp.asarray(y, jnp.float32))
+        return v.astype(dtype)
+
+    f._jkin_float32 = True
+    return f
+
+
+def _x64_kwargs(kwargs, use_x64):
+    if use_x64 and kwargs.get("emulator") is not None:
+        return dict(kwargs, emulator=float32_emulator(kwargs["emulator"]))
+    return kwargs
+
+
+class _Objective:
+    """The potential as a scipy objective on the flattened unconstrained latents (one jit per
+    potential): non-finite values become a large finite penalty so that the line search backs
+    off, and the best finite point ever evaluated is remembered."""
+
+    def __init__(self, potential_fn, z_like):
+        flat, self.unravel = ravel_pytree(z_like)
+        self.dtype = flat.dtype
+        self._vg = jax.jit(jax.value_and_grad(lambda f: potential_fn(self.unravel(f))))
+        self.reset()
+
+    def reset(self):
+        self.best_u, self.best_x, self.n_eval = np.inf, None, 0
+
+    def __call__(self, x):
+        u, g = self._vg(jnp.asarray(x, self.dtype))
+        u, g = float(u), np.asarray(g, dtype=float)
+        self.n_eval += 1
+        if not (np.isfinite(u) and np.all(np.isfinite(g))):
+            return 1e30, np.zeros_like(g)
+        if u < self.best_u:
+            self.best_u, self.best_x = u, np.array(x, dtype=float)
+        return u, g
+
+
+def _lbfgs(objective: _Objective, z, max_iter):
+    """L-BFGS-B (scipy) from ``z``; returns (best z, its potential, potential at z)."""
+    from scipy.optimize import minimize
+
+    x0 = np.asarray(ravel_pytree(z)[0], dtype=float)
+    objective.reset()
+    u0, _ = objective(x0)
+    if max_iter > 0 and np.isfinite(objective.best_u):
+        minimize(objective, x0, jac=True, method="L-BFGS-B",
+                 options=dict(maxiter=int(max_iter), maxcor=30, ftol=1e-12, gtol=1e-8))
+    if objective.best_x is None:
+        return z, np.inf, np.inf
+    z_best = objective.unravel(jnp.asarray(objective.best_x, objective.dtype))
+    return z_best, objective.best_u, u0 if u0 < 1e30 else np.inf
+
+
+def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: int = 1000,
+             position_steps: int = 1000, position_learning_rate: float = 0.05,
+             position_starts: int = 32, priors: Priors | None = None, x64: bool | None = None,
+             init: Mapping | None = None, progress: bool = True) -> dict:
+    """Blind MAP: ``n_starts`` prior draws, each optimised by L-BFGS; returns the best.
+
+    Each start runs at most ``n_steps`` L-BFGS iterations (scipy's L-BFGS-B on the exact JAX
+    gradient in numpyro's unconstrained space; a curved, narrow valley such as the imaging
+    chi^2's is where quasi-Newton steps beat Adam by orders of magnitude). With lensing data,
+    ``position_starts`` prior draws are first fitted to the image positions and delays
+    (``image_position_model``: cheap, no image rendering; all at once by Adam), the best half get
+    amplitudes by least squares, and the ``n_starts`` of those with the best full posterior go on.
+    ``x64`` (default: True with lensing data) runs everything in float64 but the emulator's
+    network (``float32_emulator``). ``init``: constrained
+    values of (some of) the latent sites, e.g. the ``values`` of an earlier fit's MAP, as the one
+    start (the sites it lacks drawn from the prior; no image-position stage): a joint fit started
+    at the lensing-only MAP only has to move the kinematic parameters.
+
+    Returns a dict: ``z`` (unconstrained latent values of the best start), ``values``
+    (constrained), ``log_density_start`` / ``log_density`` of every start (before / after the
+    optimisation), ``best``, ``potential_fn``, ``postprocess_fn``, ``transforms`` (site ->
+    bijection onto its support), ``wall_s``."""
+    use = _use_x64(kwargs, x64)
+    with jax.enable_x64(use):
+        return _find_map(model, _x64_kwargs(kwargs, use), seed, n_starts, n_steps, position_steps,
+                         position_learning_rate, position_starts, priors, init, progress)
+
+
+def _find_map(model, kwargs, seed, n_starts, n_steps, position_steps, position_learning_rate,
+              position_starts, priors, init, progress):
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     priors = kwargs.get("priors", Priors()) if priors is None else priors
-    potential_fn, postprocess_fn, _ = _potential(model, kwargs)
+    potential_fn, postprocess_fn, _, transforms = _potential(model, kwargs, True)
     lens_data = kwargs.get("lens_data")
-    if learning_rate is None:  # the imaging likelihood is far sharper than the kinematic one
-        learning_rate = 0.003 if lens_data is not None else 0.05
+    if init is not None:
+        draw = _prior_draws(model, kwargs, seed, 1)[0]
+        unknown = set(init) - set(draw) - {"R_sersic", "inclination", "phi"}
+        known = {k: np.asarray(v) for k, v in init.items() if k in draw}
+        draw.update(known)
+        if not known:
+            raise ValueError(f"init: none of its sites {sorted(unknown)} is a latent site of "
+                             f"the model ({sorted(draw)})")
+        lens_data, n_starts, position_starts = None, 1, 0  # no lensing stage: start from init
+        draws = [draw]
     n_draws = max(n_starts, position_starts) if lens_data is not None else n_starts
-    keys = jax.random.split(jax.random.PRNGKey(seed), n_draws)
-    draws = [_latent_values(model, kwargs, key) for key in keys]
+    if init is None:
+        draws = _prior_draws(model, kwargs, seed, n_draws)
     if lens_data is not None and "gamma" not in priors.overrides:
         # the image positions do not constrain the slope: spread it evenly over its prior so
         # that the image-based selection below can pick the one the arcs want
         lo, hi = _bounds("gamma")
         for k, d in enumerate(np.random.default_rng(seed).permutation(n_draws)):
-            draws[k]["gamma"] = np.asarray(lo + (hi - lo) * (d + 0.5) / n_draws, np.float32)
+            draws[k]["gamma"] = np.asarray(lo + (hi - lo) * (d + 0.5) / n_draws)
     if lens_data is not None:
-        scales = kwargs.get("scales") or amplitude_scales(lens_data)
-        pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
-        pos_pot, _, _ = _potential(image_position_model, pos_kw)
-        z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
-                                       {k: v for k, v in d.items() if k not in LENS_NUISANCE
-                                        or k in ("gamma1_ext", "gamma2_ext", "x_src", "y_src")})
-                        for d in draws])
-        z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
-                            "MAP (source plane)", progress)
-        pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
-        pos_pot, _, _ = _potential(image_position_model, pos_kw)
-        z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, position_learning_rate / 5,
-                                "MAP (image plane)", progress)
-        # the half that fits the positions best get amplitudes by least squares; the n_starts
-        # of those with the best full posterior go on
-        order = np.argsort(u_pos)[:max(n_starts, len(draws) // 2)]
-        fitted = []
-        for k in order:
-            zk = jax.tree.map(lambda a: a[k], z_pos)
-            v = dict(draws[k])
-            v.update({name: np.asarray(val) for name, val in
-                      _constrain_latents(image_position_model, pos_kw, zk).items()})
-            fitted.append(_lensing_start(v, lens_data, priors, scales))
-        z_fit = _stack([unconstrain_fn(model, (), kwargs, v) for v in fitted])
-        u_fit = np.asarray(jax.jit(jax.vmap(potential_fn))(z_fit))
-        u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
-        draws = [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
-    z0 = _stack([unconstrain_fn(model, (), kwargs, v) for v in draws])
-    z, u_prior, u_final = _adam(potential_fn, z0, n_steps, learning_rate, "MAP", progress)
+        draws = _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors,
+                                position_steps, position_learning_rate, progress)
+    objective = _Objective(potential_fn, unconstrain_fn(model, (), kwargs, draws[0]))
+    zs, u_start, u_final = [], [], []
+    bar = tqdm(draws, desc="MAP (L-BFGS)", unit="start", disable=not progress)
+    for v in bar:
+        z, u, u0 = _lbfgs(objective, unconstrain_fn(model, (), kwargs, v), n_steps)
+        zs.append(z)
+        u_start.append(u0)
+        u_final.append(u)
+        bar.set_postfix(best_log_density=f"{-min(u_final):.6g}")
+    u_final = np.asarray(u_final)
     best = int(np.argmin(u_final))
-    z_best = jax.tree.map(lambda a: a[best], z)
-    return {"z": z_best, "values": postprocess_fn(z_best), "best": best,
-            "log_density_start": -u_prior,
-            "log_density": -u_final, "potential_fn": potential_fn,
-            "postprocess_fn": postprocess_fn, "wall_s": time.perf_counter() - t0}
+    zs[best], u_final[best] = _polish(potential_fn, zs[best], u_final[best], n_steps, progress)
+    return {"z": zs[best], "values": postprocess_fn(zs[best]), "best": best,
+            "log_density_start": -np.asarray(u_start), "log_density": -u_final,
+            "potential_fn": potential_fn, "postprocess_fn": postprocess_fn,
+            "transforms": transforms, "wall_s": time.perf_counter() - t0}
+
+
+def _polish(potential_fn, z, u, n_steps, progress, rounds: int = 2):
+    """L-BFGS again in coordinates whitened by the Laplace approximation at the current best
+    (z = z_best + L y, L L^T = H^-1): the imaging posterior's curvature spans ~11 decades, which
+    plain L-BFGS resolves only slowly; whitened, it converges in tens of iterations."""
+    flat, unravel = ravel_pytree(z)
+    for k in range(rounds):
+        cov = laplace(potential_fn, unravel(flat))
+        if cov is None:
+            break
+        L = jnp.asarray(np.linalg.cholesky(cov), flat.dtype)
+        x0 = flat
+
+        def whitened(y, x0=x0, L=L):
+            return potential_fn(unravel(x0 + L @ y["y"]))
+
+        obj = _Objective(whitened, {"y": jnp.zeros_like(flat)})
+        y, u_new, _ = _lbfgs(obj, {"y": jnp.zeros_like(flat)}, max(n_steps // 4, 1))
+        if not u_new < u:
+            break
+        flat, u, gain = x0 + L @ y["y"], u_new, u - u_new
+        if progress:
+            print(f"MAP polish {k + 1}: log density {-u:.6g}")
+        if gain < 1e-2:
+            break
+    return unravel(flat), u
+
+
+def _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors, position_steps,
+                    position_learning_rate, progress):
+    """Stage 1 of the blind lensing start: image positions and delays, then amplitudes."""
+    lens_data = kwargs["lens_data"]
+    scales = kwargs.get("scales") or amplitude_scales(lens_data)
+    pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
+    pos_pot, _, _ = _potential(image_position_model, pos_kw)
+    z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
+                                   {k: v for k, v in d.items() if k not in LENS_NUISANCE
+                                    or k in ("gamma1_ext", "gamma2_ext", "x_src", "y_src")})
+                    for d in draws])
+    z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
+                        "MAP (source plane)", progress)
+    pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
+    pos_pot, _, _ = _potential(image_position_model, pos_kw)
+    z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, position_learning_rate / 5,
+                            "MAP (image plane)", progress)
+    # the half that fits the positions best get amplitudes by least squares; the n_starts of
+    # those with the best full posterior go on
+    order = np.argsort(u_pos)[:max(n_starts, len(draws) // 2)]
+    fitted = []
+    for k in order:
+        zk = jax.tree.map(lambda a: a[k], z_pos)
+        v = dict(draws[k])
+        v.update({name: np.asarray(val) for name, val in
+                  _constrain_latents(image_position_model, pos_kw, zk).items()})
+        fitted.append(_lensing_start(v, lens_data, priors, scales))
+    z_fit = _stack([unconstrain_fn(model, (), kwargs, v) for v in fitted])
+    u_fit = np.asarray(jax.jit(jax.vmap(potential_fn))(z_fit))
+    u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
+    return [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
 
 
 def _constrain_latents(model, kwargs, z) -> dict:
@@ -435,38 +601,83 @@ def _constrain_latents(model, kwargs, z) -> dict:
     return constrain_fn(model, (), kwargs, z)
 
 
-def laplace(potential_fn, z, step: float = 1e-3) -> np.ndarray | None:
+def laplace(potential_fn, z, min_curvature: float = 1e-3) -> np.ndarray | None:
     """Inverse Hessian of the potential at ``z`` (flattened unconstrained order), or None
-    when the Hessian is not finite. The Hessian is the central finite difference of the exact
-    gradients (some pieces, e.g. the Sersic b_n root, have no second derivative). Where it is not
-    positive definite (a start short of the optimum), its eigenvalues are replaced by their
-    absolute values, floored at 1e-6 of the largest: the result still scales each direction by
-    its curvature, which is what NUTS needs from a mass matrix."""
+    when the Hessian is not finite. The Hessian is exact (forward over reverse mode). Where it is
+    not positive definite (a start short of the optimum), its eigenvalues are replaced by their
+    absolute values, floored at ``min_curvature``: the result still scales each direction by
+    its curvature, which is what NUTS needs from a mass matrix. The floor is absolute, not
+    relative to the largest eigenvalue: a lensing posterior spans ten decades of curvature
+    (theta_E known to 1e-5, beta_z only through its prior), and a relative floor would squeeze
+    the prior-only directions."""
     flat, unravel = ravel_pytree(z)
-    d = flat.shape[0]
-    grad = jax.vmap(jax.grad(lambda f: potential_fn(unravel(f))))
-    eye = np.eye(d) * step
-    pts = jnp.asarray(np.concatenate([np.asarray(flat) + eye, np.asarray(flat) - eye]),
-                      dtype=flat.dtype)
-    g = np.asarray(grad(pts), dtype=float)
-    h = (g[:d] - g[d:]) / (2 * step)
+    h = np.asarray(jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))(flat), dtype=float)
     h = 0.5 * (h + h.T)
     if not np.all(np.isfinite(h)):
         return None
     lam, vec = np.linalg.eigh(h)
-    lam = np.abs(lam)
-    lam = np.maximum(lam, 1e-6 * lam.max()) if lam.max() > 0 else np.ones_like(lam)
+    lam = np.maximum(np.abs(lam), min_curvature)
     cov = (vec / lam) @ vec.T
     return 0.5 * (cov + cov.T)
 
 
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
-             chain_method: str = "vectorized", progress: bool = True):
+             chain_method: str = "vectorized", adapt_mass_matrix: bool = False,
+             x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
     The chains start at independent draws of N(z_MAP, H^-1) in unconstrained space (the MAP
-    itself if the Hessian is not positive definite); H^-1 seeds the adapted mass matrix."""
+    itself if the Hessian is not finite); H^-1 is the mass matrix, and warm-up adapts the step
+    size only, unless ``adapt_mass_matrix``: numpyro's windowed re-estimation of a ~25x25 dense
+    matrix from a few hundred correlated warm-up draws made lensing chains stall (demo quad,
+    150 + 150 draws: max R-hat 2.3 with it, 1.2 without; the mass matrix is then the exact
+    Hessian's inverse at a polished MAP).
+    ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
+    use = _use_x64(kwargs, x64)
+    with jax.enable_x64(use):
+        return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup, num_samples, num_chains,
+                         max_tree_depth, chain_method, adapt_mass_matrix, progress)
+
+
+def _latent_transforms(model_trace) -> dict:
+    """site name -> bijection from unconstrained space onto its support, from a model trace
+    (all supports here are fixed, so one trace gives them)."""
+    from numpyro.distributions.transforms import biject_to
+
+    return {k: biject_to(s["fn"].support) for k, s in model_trace.items()
+            if s["type"] == "sample" and not s["is_observed"]}
+
+
+def _galaxy_deterministics(v) -> dict:
+    """R_sersic, inclination, phi from the reparametrised latents (JAX; as in galaxy_params)."""
+    out = {}
+    if "R_sersic_frac" in v:
+        out["R_sersic"] = v["theta_E"] * v["R_sersic_frac"]
+    if "inclination_frac" in v:
+        i_min = _inclination_min(v["q_mass"], v["q_light"])
+        out["inclination"] = i_min + (90.0 - i_min) * v["inclination_frac"]
+    if "phi_vec" in v:
+        vec = v["phi_vec"]
+        out["phi"] = 0.5 * jnp.rad2deg(jnp.arctan2(vec[..., 1], vec[..., 0]))
+    return out
+
+
+def _cheap_postprocess(transforms):
+    """The samples' constrained values and galaxy deterministics without re-running the model:
+    numpyro's default post-processing evaluates the whole model (the imaging likelihood
+    included) once per draw, which took minutes per lensing fit."""
+
+    def postprocess(z):
+        v = {k: transforms[k](a) for k, a in z.items()}
+        v.update(_galaxy_deterministics(v))
+        return v
+
+    return postprocess
+
+
+def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chains,
+              max_tree_depth, chain_method, adapt_mass_matrix, progress):
     z = map_result["z"]
     flat, unravel = ravel_pytree(z)
     cov = laplace(map_result["potential_fn"], z)
@@ -479,11 +690,15 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     # the data are closed over, not passed through MCMC.run (which maps over its arguments'
     # leaves, and LensingData validates its leaves when rebuilt)
     bound = functools.partial(model, **kwargs)
+    transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
     kernel = NUTS(bound, dense_mass=True, max_tree_depth=max_tree_depth,
-                  inverse_mass_matrix=None if cov is None else jnp.asarray(cov, flat.dtype))
+                  inverse_mass_matrix=None if cov is None else jnp.asarray(cov, flat.dtype),
+                  adapt_mass_matrix=adapt_mass_matrix or cov is None)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress)
-    mcmc.run(jax.random.PRNGKey(seed), init_params=init)
+                chain_method=chain_method, progress_bar=progress,
+                postprocess_fn=_cheap_postprocess(transforms))
+    mcmc.run(jax.random.PRNGKey(seed), init_params=init,
+             extra_fields=("diverging", "num_steps", "accept_prob"))
     return mcmc
 
 
@@ -535,25 +750,30 @@ class FitResult:
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
         max_tree_depth: int = 8, chain_method: str = "vectorized", z_lens: float = cv.Z_D,
-        position_steps: int = 1000, progress: bool = True) -> FitResult:
-    """Blind MAP start then NUTS; an arviz InferenceData with the 13 parameters, the
-    reparametrised latents, the derived masses and sampler statistics."""
+        position_steps: int = 1000, adapt_mass_matrix: bool = False, x64: bool | None = None,
+        init: Mapping | None = None,
+        progress: bool = True) -> FitResult:
+    """Blind MAP start (or L-BFGS from ``init``, see ``find_map``) then NUTS; an arviz
+    InferenceData with the 13 parameters, the reparametrised latents, the derived masses and
+    sampler statistics."""
     import arviz as az
 
     t0 = time.perf_counter()
     m = find_map(model, kwargs, seed=seed, n_starts=n_starts, n_steps=map_steps,
-                 position_steps=position_steps, progress=progress)
+                 position_steps=position_steps, x64=x64, init=init, progress=progress)
     t1 = time.perf_counter()
     mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, max_tree_depth=max_tree_depth,
-                    chain_method=chain_method, progress=progress)
+                    chain_method=chain_method, adapt_mass_matrix=adapt_mass_matrix, x64=x64,
+                    progress=progress)
     t2 = time.perf_counter()
     samples = mcmc.get_samples(group_by_chain=True)
     keep = {k: np.asarray(v) for k, v in samples.items()
             if k not in ("vrms_model",) and np.asarray(v).ndim <= 3}
     keep.update(derived_quantities(keep, z_lens))
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {"diverging": np.asarray(extra["diverging"])} if "diverging" in extra else {}
+    names = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate"}
+    stats = {names[k]: np.asarray(v) for k, v in extra.items() if k in names}
     idata = az.from_dict(posterior=keep, sample_stats=stats)
     idata.posterior.attrs["jkin_map_log_density"] = float(m["log_density"][m["best"]])
     timings = {"map_s": t1 - t0, "nuts_s": t2 - t1, "total_s": t2 - t0}

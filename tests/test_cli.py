@@ -44,6 +44,17 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
     assert post["theta_E"].shape == (2, 5)
     assert np.all(np.isfinite(post["log10_M_thetaE"]))
 
+    # a second fit started at the first one's MAP (init_from): its start is that MAP, so its
+    # optimised log density cannot be worse
+    cfg2 = fitting.write_config(tmp_path / "again.toml", mode="kinematics",
+                                data={"kinematics": str(tiny_ifu)}, output="again",
+                                inference=dict(TINY, init_from="out"))
+    r2 = fitting.run_fit(cfg2, progress=False)
+    rec2 = json.loads((tmp_path / "again" / "fit.json").read_text())
+    assert r2["mode"] == "kinematics"
+    assert rec2["map_log_density"] >= rec["map_log_density"] - 1e-3
+    assert set(rec["map_latent"]) >= {"theta_E", "phi_vec", "R_sersic_frac"}
+
 
 @pytest.mark.parametrize("body, key", [
     ('mode = "joint"\n[data]\nkinematics = "ifu.fits"\n', "data.lensing"),
@@ -57,6 +68,8 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
      "D_d_range"),
     ('mode = "kinematics"\nfoo = 1\n', "'foo'"),
     ('mode = \n', "not valid TOML"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ninit_from = "lens"\n',
+     "inference.init_from"),
 ])
 def test_bad_config_one_line_error(body, key, tmp_path, capsys):
     (tmp_path / "ifu.fits").write_bytes(b"")
