@@ -413,8 +413,15 @@ def float32_emulator(emulator):
 
 
 def _x64_kwargs(kwargs, use_x64):
-    if use_x64 and kwargs.get("emulator") is not None:
-        return dict(kwargs, emulator=float32_emulator(kwargs["emulator"]))
+    if not use_x64:
+        return kwargs
+    kwargs = dict(kwargs)
+    if kwargs.get("emulator") is not None:
+        kwargs["emulator"] = float32_emulator(kwargs["emulator"])
+    if kwargs.get("kin_data") is not None:
+        # device arrays made in float32 mode (e.g. by an earlier float32 fit) trip JAX's eager
+        # op cache inside enable_x64 ("expected f64, got f32"); host copies do not
+        kwargs["kin_data"] = jax.tree.map(np.asarray, kwargs["kin_data"])
     return kwargs
 
 
