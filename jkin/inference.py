@@ -392,7 +392,9 @@ def _use_x64(kwargs, x64):
     """float64 by default whenever there is imaging: its chi^2 valley is too narrow for float32
     (measured: L-BFGS in float32 stops at -log p = 7.2e3 on the demo quad, float64 goes on to
     2.54e3, below the truth's 2.55e3)."""
-    return kwargs.get("lens_data") is not None if x64 is None else bool(x64)
+    # default: always float64, so that one process never mixes the two modes (JAX's eager op
+    # cache then fails with "expected f64, got f32" on arrays made in float32 mode)
+    return True if x64 is None else bool(x64)
 
 
 def float32_emulator(emulator):
