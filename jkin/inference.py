@@ -292,7 +292,7 @@ def _lensing_start(values, lens_data, priors, scales):
 
     p = {k: np.asarray(v) for k, v in values.items()}
     full = dict(p)
-    full.update({k: float(v) for k, v in _deterministic_galaxy(p).items()})
+    full.update({k: float(v) for k, v in _galaxy_deterministics(p).items()})
     dtype = jnp.result_type(float)
     full = {k: jnp.asarray(v, dtype) for k, v in full.items()
             if k not in ("amp_light", "amp_src", "amp_ps")}
@@ -306,20 +306,6 @@ def _lensing_start(values, lens_data, priors, scales):
     p["amp_src"] = clip(a[1], scales["amp_src"])
     p["amp_ps"] = np.array([clip(v, scales["amp_ps"]) for v in a[2:]])
     return p
-
-
-def _deterministic_galaxy(values) -> dict:
-    """R_sersic, inclination, phi from the reparametrised latent values (numpy)."""
-    out = {}
-    if "R_sersic_frac" in values:
-        out["R_sersic"] = float(values["theta_E"]) * float(values["R_sersic_frac"])
-    if "inclination_frac" in values:
-        i_min = float(cv.inclination_min(float(values["q_mass"]), float(values["q_light"])))
-        out["inclination"] = i_min + (90.0 - i_min) * float(values["inclination_frac"])
-    if "phi_vec" in values:
-        v = np.asarray(values["phi_vec"])
-        out["phi"] = 0.5 * float(np.rad2deg(np.arctan2(v[1], v[0])))
-    return out
 
 
 def _potential(model, kwargs, with_transforms=False):
@@ -645,7 +631,8 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
     use = _use_x64(kwargs, x64)
     with jax.enable_x64(use):
-        return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup, num_samples, num_chains,
+        return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup,
+                         num_samples, num_chains,
                          max_tree_depth, chain_method, adapt_mass_matrix, progress)
 
 
