@@ -31,8 +31,15 @@ phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ 
 x_c, y_c [arcsec]  uniform in ``centre +- centre_half_width`` (default (0, 0) +- 0.5")
 D_dt, D_d [Mpc]    uniform in ``[D_dt_range]``, ``[D_d_range]`` (default 0.5-2x the fiducial
                    distances of the emulator, 1443-5773 and 608-2431 Mpc)
-gamma1/2_ext       uniform in +-``shear_max`` (0.2)
-x_src, y_src       uniform in ``centre +- source_half_width`` (1")
+gamma1/2_ext,      offsets from ``source_reference``, the shear and source position that best
+x_src, y_src       fit the measured image positions for the sampled EPL (linear least squares
+                   in the image-plane metric): ``gamma1_ext = gamma1_ref + gamma1_ext_offset``,
+                   offset ~ U(+-``shear_max``) (0.2); ``x_src = x_ref + x_src_offset``, offset
+                   ~ U(+-``source_half_width``) (1"), likewise y. Shear and source then move
+                   with the mass model: sampled directly, they are pinned to micro-arcseconds
+                   by a quad's images along a curved valley (a banana with slope and q_mass
+                   that stalled NUTS). An override of ``gamma1_ext``/``gamma2_ext`` or
+                   ``x_src``/``y_src`` samples those directly.
 R_sersic_src       uniform in ``R_sersic_src_range`` (0.02-1")
 n_sersic_src       uniform in ``n_sersic_src_range`` (0.5-6)
 amp_light, amp_src log-uniform over ``amplitude_decades`` (+-3) around a scale measured on the
@@ -86,8 +93,11 @@ GALAXY_SITES = kin.THETA_NAMES
 #: Width of the ring that keeps the phi 2-vector's norm near 1 (see ``galaxy_params``).
 PHI_RING_WIDTH = 0.1
 #: Lens-only nuisance parameters of ``lensing_model`` (default ``LensModelConfig``).
-LENS_NUISANCE = ("gamma1_ext", "gamma2_ext", "x_src", "y_src", "amp_light", "amp_src",
-                 "R_sersic_src", "n_sersic_src", "amp_ps")
+LENS_NUISANCE = ("gamma1_ext_offset", "gamma2_ext_offset", "x_src_offset", "y_src_offset",
+                 "amp_light", "amp_src", "R_sersic_src", "n_sersic_src", "amp_ps")
+#: The sites of the image-position stage of the blind start besides the galaxy's.
+_POSITION_SITES = ("gamma1_ext_offset", "gamma2_ext_offset", "x_src_offset", "y_src_offset",
+                   "gamma1_ext", "gamma2_ext", "x_src", "y_src")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +123,9 @@ class Priors:
         for name in ("centre_half_width", "shear_max", "source_half_width", "amplitude_decades"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"priors.{name} = {getattr(self, name)} must be > 0")
-        known = set(GALAXY_SITES) | set(LENS_NUISANCE) | {"R_sersic_frac", "inclination_frac"}
+        known = (set(GALAXY_SITES) | set(LENS_NUISANCE)
+                 | {"R_sersic_frac", "inclination_frac", "x_src", "y_src", "gamma1_ext",
+                    "gamma2_ext"})
         for name in self.overrides:
             if name not in known:
                 raise ValueError(f"priors.overrides: unknown site {name!r}; known: {sorted(known)}")
@@ -195,14 +207,73 @@ def amplitude_scales(lens_data) -> dict:
     return {"amp_light": sb, "amp_src": sb, "amp_ps": ps}
 
 
-def _shear_and_source_position(priors) -> dict:
-    """The external shear and source-position sites (shared by the lensing models)."""
+def _image_plane_lsq(design, b, w):
+    """argmin_u sum_i (b_i - D_i u)^T W_i (b_i - D_i u) for 2-vectors b_i, D_i (2 x k)."""
+    dtw = jnp.einsum("...ji,...jk->...ik", design, w)
+    lhs = jnp.sum(jnp.einsum("...ij,...jk->...ik", dtw, design), axis=0)
+    return jnp.linalg.solve(lhs, jnp.sum(jnp.einsum("...ij,...j->...i", dtw, b), axis=0))
+
+
+def _magnification_metric(jac):
+    m = jnp.linalg.inv(jac)
+    return jnp.einsum("...ki,...kj->...ij", m, m)
+
+
+def source_reference(p, lens_data, *, with_shear: bool = False):
+    """The source position (and, ``with_shear``, the external shear) that best fit the measured
+    image positions theta_i for the mass model ``p``, to first order in the image-plane offsets.
+
+    The lens equation beta = theta_i - alpha_EPL(theta_i) - S(theta_i) (gamma1, gamma2) is
+    linear in the source beta and the shear, so both follow from weighted least squares on the
+    back-traced images, with weights W_i = M_i^T M_i (M_i = A_i^-1 the magnification tensor at
+    image i: an offset in the source plane moves image i by M_i times it, so the highly
+    magnified images pin the solution hardest; with the shear, M_i is evaluated at the
+    unweighted solution's shear, so that the result depends on the EPL parameters alone).
+    Returns (x_ref, y_ref), or (x_ref, y_ref, gamma1_ref, gamma2_ref) ``with_shear``; these are
+    the centres of the source-position (and shear) priors."""
+    xy = jnp.stack([jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image)], axis=-1)
+    eye = jnp.broadcast_to(jnp.eye(2, dtype=xy.dtype), xy.shape[:-1] + (2, 2))
+    if not with_shear:
+        beta_i, jac = lens._residual_jacobian(xy, lens._mass_kwargs(p), (0.0, 0.0))
+        u = _image_plane_lsq(eye, beta_i, _magnification_metric(jac))
+        return u[0], u[1]
+    zero = jnp.zeros((), xy.dtype)
+    epl = dict(p, gamma1_ext=zero, gamma2_ext=zero)
+    b, jac_epl = lens._residual_jacobian(xy, lens._mass_kwargs(epl), (0.0, 0.0))
+    x, y = xy[..., 0], xy[..., 1]
+    # shear deflection = S (gamma1, gamma2), S = [[x, y], [-y, x]] (shear centred at the origin)
+    shear = jnp.stack([jnp.stack([x, y], -1), jnp.stack([-y, x], -1)], -2)
+    design = jnp.concatenate([shear, eye], axis=-1)  # unknowns (gamma1, gamma2, beta_x, beta_y)
+    u0 = _image_plane_lsq(design, b, eye)
+    g1, g2 = u0[0], u0[1]
+    jac = jac_epl - jnp.stack([jnp.stack([g1, g2]), jnp.stack([g2, -g1])])
+    u = _image_plane_lsq(design, b, _magnification_metric(jac))
+    return u[2], u[3], u[0], u[1]
+
+
+def _shear_and_source_position(priors, p, lens_data) -> dict:
+    """The external shear and source-position sites (shared by the lensing models); ``p``: the
+    galaxy parameters. Both are sampled as offsets from ``source_reference`` (the shear only
+    when neither of its components is overridden)."""
     g, w = priors.shear_max, priors.source_half_width
-    cx, cy = priors.centre
-    return {"gamma1_ext": priors.site("gamma1_ext", dist.Uniform(-g, g)),
-            "gamma2_ext": priors.site("gamma2_ext", dist.Uniform(-g, g)),
-            "x_src": priors.site("x_src", dist.Uniform(cx - w, cx + w)),
-            "y_src": priors.site("y_src", dist.Uniform(cy - w, cy + w))}
+    out = {}
+    shear_names = ("gamma1_ext", "gamma2_ext")
+    if any(n in priors.overrides for n in shear_names):
+        for name in shear_names:
+            out[name] = priors.site(name, dist.Uniform(-g, g))
+        ref = source_reference(dict(p, **out), lens_data)
+    else:
+        ref = source_reference(p, lens_data, with_shear=True)
+        for k, name in enumerate(shear_names):
+            off = priors.site(name + "_offset", dist.Uniform(-g, g))
+            out[name] = numpyro.deterministic(name, ref[2 + k] + off)
+    for k, name in enumerate(("x_src", "y_src")):
+        if name in priors.overrides:
+            out[name] = priors.site(name, None)
+        else:
+            off = priors.site(name + "_offset", dist.Uniform(-w, w))
+            out[name] = numpyro.deterministic(name, ref[k] + off)
+    return out
 
 
 def _log_uniform(scale, decades):
@@ -222,7 +293,7 @@ def lensing_model(lens_data, priors: Priors = Priors(), theta=None, *,
                          "angle and a circular source; write your own model for other choices")
     theta = galaxy_params(priors) if theta is None else theta
     scales = amplitude_scales(lens_data) if scales is None else scales
-    p = dict(theta, **_shear_and_source_position(priors))
+    p = dict(theta, **_shear_and_source_position(priors, theta, lens_data))
     d = priors.amplitude_decades
     p["amp_light"] = priors.site("amp_light", _log_uniform(scales["amp_light"], d))
     p["amp_src"] = priors.site("amp_src", _log_uniform(scales["amp_src"], d))
@@ -293,6 +364,7 @@ def _lensing_start(values, lens_data, priors, scales):
     p = {k: np.asarray(v) for k, v in values.items()}
     full = dict(p)
     full.update({k: float(v) for k, v in _galaxy_deterministics(p).items()})
+    full.update({k: float(v) for k, v in _lens_deterministics(full, lens_data).items()})
     dtype = jnp.result_type(float)
     full = {k: jnp.asarray(v, dtype) for k, v in full.items()
             if k not in ("amp_light", "amp_src", "amp_ps")}
@@ -324,7 +396,7 @@ def image_position_model(lens_data, priors: Priors = Priors(), *, sigma: float =
     with ``image_plane=False``, the source-plane offsets beta_i - beta themselves (smoother far
     from the solution: the blind start runs that first); delays at the measured positions."""
     theta = galaxy_params(priors)
-    p = dict(theta, **_shear_and_source_position(priors))
+    p = dict(theta, **_shear_and_source_position(priors, theta, lens_data))
     xy = jnp.stack([jnp.asarray(lens_data.x_image), jnp.asarray(lens_data.y_image)], axis=-1)
     f, jac = lens._residual_jacobian(xy, lens._mass_kwargs(p), (p["x_src"], p["y_src"]))
     offset = lens._solve2(jac, f) if image_plane else f  # image-plane offset to first order
@@ -566,7 +638,7 @@ def _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors, positi
     pos_pot, _, _ = _potential(image_position_model, pos_kw)
     z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
                                    {k: v for k, v in d.items() if k not in LENS_NUISANCE
-                                    or k in ("gamma1_ext", "gamma2_ext", "x_src", "y_src")})
+                                    or k in _POSITION_SITES})
                     for d in draws])
     z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
                         "MAP (source plane)", progress)
@@ -659,14 +731,34 @@ def _galaxy_deterministics(v) -> dict:
     return out
 
 
-def _cheap_postprocess(transforms):
-    """The samples' constrained values and galaxy deterministics without re-running the model:
-    numpyro's default post-processing evaluates the whole model (the imaging likelihood
-    included) once per draw, which took minutes per lensing fit."""
+def _lens_deterministics(v, lens_data) -> dict:
+    """Shear and source position from their offsets and ``source_reference`` (JAX; as in
+    ``_shear_and_source_position``); ``v`` holds the galaxy parameters."""
+    out = {}
+    with_shear = "gamma1_ext_offset" in v
+    if not (with_shear or "x_src_offset" in v or "y_src_offset" in v):
+        return out
+    ref = source_reference(v, lens_data, with_shear=with_shear)
+    if with_shear:
+        out["gamma1_ext"] = ref[2] + v["gamma1_ext_offset"]
+        out["gamma2_ext"] = ref[3] + v["gamma2_ext_offset"]
+    for k, name in enumerate(("x_src", "y_src")):
+        if name + "_offset" in v:
+            out[name] = ref[k] + v[name + "_offset"]
+    return out
+
+
+def _cheap_postprocess(transforms, lens_data=None):
+    """The samples' constrained values and galaxy deterministics (and, with ``lens_data``, the
+    shear and source position) without re-running the model: numpyro's default post-processing
+    evaluates the whole model (the imaging likelihood included) once per draw, which took
+    minutes per lensing fit."""
 
     def postprocess(z):
         v = {k: transforms[k](a) for k, a in z.items()}
         v.update(_galaxy_deterministics(v))
+        if lens_data is not None:
+            v.update(_lens_deterministics(v, lens_data))
         return v
 
     return postprocess
@@ -692,7 +784,7 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
                   adapt_mass_matrix=adapt_mass_matrix or cov is None)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress,
-                postprocess_fn=_cheap_postprocess(transforms))
+                postprocess_fn=_cheap_postprocess(transforms, kwargs.get("lens_data")))
     mcmc.run(jax.random.PRNGKey(seed), init_params=init,
              extra_fields=("diverging", "num_steps", "accept_prob"))
     return mcmc

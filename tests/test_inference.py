@@ -8,6 +8,7 @@ linear-Gaussian problem, and jkin.conventions' domain check.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -98,9 +99,14 @@ def test_lensing_and_joint_log_density_by_hand(kin_data, lens_mock):
                  n_sersic=truth["n_sersic"], D_dt=truth["D_dt"],
                  phi_vec=jnp.array([math.cos(math.radians(2 * truth["phi"])),
                                     math.sin(math.radians(2 * truth["phi"]))]))
-    nuisance = {k: truth[k] for k in inf.LENS_NUISANCE}
+    nuisance = {k: truth[k] for k in inf.LENS_NUISANCE if k in truth}
+    shear_src = ("gamma1_ext", "gamma2_ext", "x_src", "y_src")
+    params = dict(_galaxy(point), **nuisance, **{k: truth[k] for k in shear_src})
+    # shear and source are sampled as offsets from their image-position reference
+    ref = inf.source_reference(params, data, with_shear=True)
+    for k, name in zip((2, 3, 0, 1), shear_src):
+        nuisance[name + "_offset"] = truth[name] - float(ref[k])
     point.update(nuisance)
-    params = dict(_galaxy(point), **nuisance)
     pr = inf.Priors()
     lp = _galaxy_log_prior(point)
     lp += 2 * stats.uniform(-0.2, 0.4).logpdf(0.0)
@@ -121,6 +127,29 @@ def test_lensing_and_joint_log_density_by_hand(kin_data, lens_mock):
                          point)
     kin_ll = float(kin.kinematic_log_likelihood(params, kin_data, smooth_emulator))
     assert float(ldj) == pytest.approx(lp + ll + kin_ll, rel=1e-5)
+
+
+def test_source_reference_solves_the_lens_equation(lens_mock):
+    """With image positions that solve the lens equation exactly, the least-squares shear and
+    source of ``source_reference`` are the true ones (for any weights); with noisy positions it
+    stays within the astrometric scatter."""
+    with jax.enable_x64(True):  # exact to 1e-8 needs float64
+        truth = dict(lens_mock.truth)
+        truth["gamma1_ext"], truth["gamma2_ext"] = 0.03, -0.05
+        x, y, _ = lensing.find_images(truth, truth["x_src"], truth["y_src"], tol=1e-10)
+        assert len(x) == 4
+        exact = SimpleNamespace(x_image=x, y_image=y)
+        epl = dict(truth, gamma1_ext=0.7, gamma2_ext=-0.4)  # the shear must not matter
+        xs, ys, g1, g2 = (float(v) for v in inf.source_reference(epl, exact, with_shear=True))
+        assert (xs, ys, g1, g2) == pytest.approx(
+            (truth["x_src"], truth["y_src"], 0.03, -0.05), abs=1e-8)
+        xs, ys = (float(v) for v in inf.source_reference(truth, exact))
+        assert (xs, ys) == pytest.approx((truth["x_src"], truth["y_src"]), abs=1e-8)
+        rng = np.random.default_rng(0)
+        noisy = SimpleNamespace(x_image=x + 1e-3 * rng.standard_normal(4),
+                                y_image=y + 1e-3 * rng.standard_normal(4))
+        xs, ys = (float(v) for v in inf.source_reference(truth, noisy))
+        assert np.hypot(xs - truth["x_src"], ys - truth["y_src"]) < 3e-3
 
 
 def test_priors_stay_in_the_emulator_domain():
