@@ -76,7 +76,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.infer import MCMC, NUTS
-from numpyro.infer.util import initialize_model, unconstrain_fn
+from numpyro.infer.util import initialize_model
 
 from jkin import conventions as cv
 from jkin import kinematics as kin
@@ -303,8 +303,14 @@ def lensing_model(lens_data, priors: Priors = Priors(), theta=None, *,
     if config.point_source_amplitudes == "free":
         ps = ps.expand([lens_data.n_images]).to_event(1)
     p["amp_ps"] = priors.site("amp_ps", ps)
-    numpyro.factor("lensing", lens.lensing_log_likelihood(p, lens_data, config))
+    numpyro.factor("lensing", _lensing_log_likelihood(p, lens_data, config))
     return p
+
+
+#: compiled once per data shape: numpyro evaluates models eagerly when it initialises them and
+#: converts values (``initialize_model``, ``log_density``), and the imaging likelihood op by
+#: op took ~16 s per evaluation; inside an outer jit this one is inlined
+_lensing_log_likelihood = jax.jit(lens.lensing_log_likelihood, static_argnums=2)
 
 
 def joint_model(kin_data, lens_data, emulator, priors: Priors = Priors(), *,
@@ -381,8 +387,10 @@ def _lensing_start(values, lens_data, priors, scales):
 
 
 def _potential(model, kwargs, with_transforms=False):
+    # validate_grad=False: numpyro would differentiate the model eagerly (seconds with imaging);
+    # every optimiser and sampler here checks its gradients for finiteness anyway
     info = initialize_model(jax.random.PRNGKey(0), model, model_kwargs=kwargs,
-                            dynamic_args=False)
+                            dynamic_args=False, validate_grad=False)
     out = (info.potential_fn, info.postprocess_fn, info.param_info.z)
     return out + (_latent_transforms(info.model_trace),) if with_transforms else out
 
@@ -428,8 +436,11 @@ def _adam(potential_fn, z0, n_steps, learning_rate, desc, progress):
         upd, state = opt.update(g, state, z)
         return optax.apply_updates(z, upd), state, z_best, u_best, u
 
+    dtype = jnp.result_type(float)
+    # strongly typed leaves: weakly typed ones would change type after one step and recompile
+    z0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), z0)
     n = len(jax.tree.leaves(z0)[0])
-    z, state, z_best, u_best = z0, opt.init(z0), z0, jnp.full((n,), jnp.inf)
+    z, state, z_best, u_best = z0, opt.init(z0), z0, jnp.full((n,), jnp.inf, dtype)
     u_first = None
     for _ in tqdm(range(n_steps), desc=desc, unit="step", disable=not progress):
         z, state, z_best, u_best, u = step(z, state, z_best, u_best)
@@ -485,15 +496,54 @@ def _x64_kwargs(kwargs, use_x64):
     return kwargs
 
 
-class _Objective:
-    """The potential as a scipy objective on the flattened unconstrained latents (one jit per
-    potential): non-finite values become a large finite penalty so that the line search backs
-    off, and the best finite point ever evaluated is remembered."""
+class _FlatPotential:
+    """The potential on the flattened unconstrained latents, compiled once per potential
+    function: value and gradient, exact Hessian (forward over reverse mode), and value and
+    gradient in whitened coordinates x0 + L y (x0, L arguments, so a new whitening does not
+    recompile). The imaging Hessian takes ~17 s to compile on a CPU, and the MAP polish and NUTS
+    need it up to three times."""
 
     def __init__(self, potential_fn, z_like):
         flat, self.unravel = ravel_pytree(z_like)
         self.dtype = flat.dtype
-        self._vg = jax.jit(jax.value_and_grad(lambda f: potential_fn(self.unravel(f))))
+        self.treedef = jax.tree.structure(z_like)
+
+        def u(x):
+            return potential_fn(self.unravel(x))
+
+        self.value_and_grad = jax.jit(jax.value_and_grad(u))
+        self.hessian = jax.jit(jax.hessian(u))
+        self.whitened_value_and_grad = jax.jit(jax.value_and_grad(lambda y, x0, L: u(x0 + L @ y)))
+
+
+_FLAT_POTENTIALS: list = []  # (potential_fn, _FlatPotential), the few most recent
+
+
+def _flat_potential(potential_fn, z_like) -> _FlatPotential:
+    dtype = ravel_pytree(z_like)[0].dtype
+    for k, (fn, fp) in enumerate(_FLAT_POTENTIALS):
+        if fn is potential_fn and fp.treedef == jax.tree.structure(z_like) and fp.dtype == dtype:
+            _FLAT_POTENTIALS.insert(0, _FLAT_POTENTIALS.pop(k))
+            return fp
+    fp = _FlatPotential(potential_fn, z_like)
+    _FLAT_POTENTIALS.insert(0, (potential_fn, fp))
+    del _FLAT_POTENTIALS[4:]
+    return fp
+
+
+class _Objective:
+    """A ``_FlatPotential`` as a scipy objective (optionally whitened: x = x0 + L y): non-finite
+    values become a large finite penalty so that the line search backs off, and the best finite
+    point ever evaluated is remembered."""
+
+    def __init__(self, flat_potential: _FlatPotential, whitening=None):
+        self.fp = flat_potential
+        self.dtype = flat_potential.dtype
+        if whitening is None:
+            self._vg = flat_potential.value_and_grad
+        else:
+            x0, L = (jnp.asarray(a, self.dtype) for a in whitening)
+            self._vg = lambda y: flat_potential.whitened_value_and_grad(y, x0, L)
         self.reset()
 
     def reset(self):
@@ -510,20 +560,20 @@ class _Objective:
         return u, g
 
 
-def _lbfgs(objective: _Objective, z, max_iter):
-    """L-BFGS-B (scipy) from ``z``; returns (best z, its potential, potential at z)."""
+def _lbfgs(objective: _Objective, x0, max_iter):
+    """L-BFGS-B (scipy) from the flat point ``x0``; returns (best x, its potential, potential at
+    x0), x None (and potentials inf) if no finite point was met."""
     from scipy.optimize import minimize
 
-    x0 = np.asarray(ravel_pytree(z)[0], dtype=float)
+    x0 = np.asarray(x0, dtype=float)
     objective.reset()
     u0, _ = objective(x0)
     if max_iter > 0 and np.isfinite(objective.best_u):
         minimize(objective, x0, jac=True, method="L-BFGS-B",
                  options=dict(maxiter=int(max_iter), maxcor=30, ftol=1e-12, gtol=1e-8))
     if objective.best_x is None:
-        return z, np.inf, np.inf
-    z_best = objective.unravel(jnp.asarray(objective.best_x, objective.dtype))
-    return z_best, objective.best_u, u0 if u0 < 1e30 else np.inf
+        return None, np.inf, np.inf
+    return objective.best_x, objective.best_u, u0 if u0 < 1e30 else np.inf
 
 
 def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: int = 1000,
@@ -582,14 +632,16 @@ def _find_map(model, kwargs, seed, n_starts, n_steps, position_steps, position_l
         for k, d in enumerate(np.random.default_rng(seed).permutation(n_draws)):
             draws[k]["gamma"] = np.asarray(lo + (hi - lo) * (d + 0.5) / n_draws)
     if lens_data is not None:
-        draws = _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors,
+        draws = _lensing_starts(kwargs, draws, potential_fn, transforms, n_starts, priors,
                                 position_steps, position_learning_rate, progress)
-    objective = _Objective(potential_fn, unconstrain_fn(model, (), kwargs, draws[0]))
+    fp = _flat_potential(potential_fn, _unconstrain(transforms, draws[0]))
+    objective = _Objective(fp)
     zs, u_start, u_final = [], [], []
     bar = tqdm(draws, desc="MAP (L-BFGS)", unit="start", disable=not progress)
     for v in bar:
-        z, u, u0 = _lbfgs(objective, unconstrain_fn(model, (), kwargs, v), n_steps)
-        zs.append(z)
+        z = _unconstrain(transforms, v)
+        x, u, u0 = _lbfgs(objective, ravel_pytree(z)[0], n_steps)
+        zs.append(z if x is None else fp.unravel(jnp.asarray(x, fp.dtype)))
         u_start.append(u0)
         u_final.append(u)
         bar.set_postfix(best_log_density=f"{-min(u_final):.6g}")
@@ -606,40 +658,33 @@ def _polish(potential_fn, z, u, n_steps, progress, rounds: int = 2):
     """L-BFGS again in coordinates whitened by the Laplace approximation at the current best
     (z = z_best + L y, L L^T = H^-1): the imaging posterior's curvature spans ~11 decades, which
     plain L-BFGS resolves only slowly; whitened, it converges in tens of iterations."""
-    flat, unravel = ravel_pytree(z)
+    fp = _flat_potential(potential_fn, z)
+    flat = np.asarray(ravel_pytree(z)[0], dtype=float)
     for k in range(rounds):
-        cov = laplace(potential_fn, unravel(flat))
+        cov = laplace(potential_fn, fp.unravel(jnp.asarray(flat, fp.dtype)))
         if cov is None:
             break
-        L = jnp.asarray(np.linalg.cholesky(cov), flat.dtype)
-        x0 = flat
-
-        def whitened(y, x0=x0, L=L):
-            return potential_fn(unravel(x0 + L @ y["y"]))
-
-        obj = _Objective(whitened, {"y": jnp.zeros_like(flat)})
-        y, u_new, _ = _lbfgs(obj, {"y": jnp.zeros_like(flat)}, max(n_steps // 4, 1))
-        if not u_new < u:
+        L = np.linalg.cholesky(cov)
+        y, u_new, _ = _lbfgs(_Objective(fp, (flat, L)), np.zeros_like(flat),
+                             max(n_steps // 4, 1))
+        if y is None or not u_new < u:
             break
-        flat, u, gain = x0 + L @ y["y"], u_new, u - u_new
+        flat, u, gain = flat + L @ y, u_new, u - u_new
         if progress:
             print(f"MAP polish {k + 1}: log density {-u:.6g}")
         if gain < 1e-2:
             break
-    return unravel(flat), u
+    return fp.unravel(jnp.asarray(flat, fp.dtype)), u
 
 
-def _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors, position_steps,
+def _lensing_starts(kwargs, draws, potential_fn, transforms, n_starts, priors, position_steps,
                     position_learning_rate, progress):
     """Stage 1 of the blind lensing start: image positions and delays, then amplitudes."""
     lens_data = kwargs["lens_data"]
     scales = kwargs.get("scales") or amplitude_scales(lens_data)
     pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
-    pos_pot, _, _ = _potential(image_position_model, pos_kw)
-    z_pos = _stack([unconstrain_fn(image_position_model, (), pos_kw,
-                                   {k: v for k, v in d.items() if k not in LENS_NUISANCE
-                                    or k in _POSITION_SITES})
-                    for d in draws])
+    pos_pot, _, _, pos_tr = _potential(image_position_model, pos_kw, True)
+    z_pos = _stack([_unconstrain(pos_tr, d) for d in draws])
     z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
                         "MAP (source plane)", progress)
     pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
@@ -653,19 +698,20 @@ def _lensing_starts(model, kwargs, draws, potential_fn, n_starts, priors, positi
     for k in order:
         zk = jax.tree.map(lambda a: a[k], z_pos)
         v = dict(draws[k])
-        v.update({name: np.asarray(val) for name, val in
-                  _constrain_latents(image_position_model, pos_kw, zk).items()})
+        v.update({name: np.asarray(pos_tr[name](val)) for name, val in zk.items()})
         fitted.append(_lensing_start(v, lens_data, priors, scales))
-    z_fit = _stack([unconstrain_fn(model, (), kwargs, v) for v in fitted])
-    u_fit = np.asarray(jax.jit(jax.vmap(potential_fn))(z_fit))
+    z_fit = [_unconstrain(transforms, v) for v in fitted]
+    fp = _flat_potential(potential_fn, z_fit[0])  # compiled once, reused by L-BFGS
+    u_fit = np.array([float(fp.value_and_grad(ravel_pytree(z)[0])[0]) for z in z_fit])
     u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
     return [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
 
 
-def _constrain_latents(model, kwargs, z) -> dict:
-    from numpyro.infer.util import constrain_fn
-
-    return constrain_fn(model, (), kwargs, z)
+def _unconstrain(transforms, values) -> dict:
+    """Unconstrained latents from constrained ``values`` (extra keys ignored) by the sites'
+    bijections: ``numpyro.infer.util.unconstrain_fn`` would re-run the model eagerly."""
+    dtype = jnp.result_type(float)
+    return {k: t.inv(jnp.asarray(values[k], dtype)) for k, t in transforms.items()}
 
 
 def laplace(potential_fn, z, min_curvature: float = 1e-3) -> np.ndarray | None:
@@ -677,8 +723,8 @@ def laplace(potential_fn, z, min_curvature: float = 1e-3) -> np.ndarray | None:
     relative to the largest eigenvalue: a lensing posterior spans ten decades of curvature
     (theta_E known to 1e-5, beta_z only through its prior), and a relative floor would squeeze
     the prior-only directions."""
-    flat, unravel = ravel_pytree(z)
-    h = np.asarray(jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))(flat), dtype=float)
+    flat = ravel_pytree(z)[0]
+    h = np.asarray(_flat_potential(potential_fn, z).hessian(flat), dtype=float)
     h = 0.5 * (h + h.T)
     if not np.all(np.isfinite(h)):
         return None
@@ -787,6 +833,9 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
                 postprocess_fn=_cheap_postprocess(transforms, kwargs.get("lens_data")))
     mcmc.run(jax.random.PRNGKey(seed), init_params=init,
              extra_fields=("diverging", "num_steps", "accept_prob"))
+    # without progress bars numpyro runs the chains as one asynchronously dispatched loop: wait
+    # for it here, so that timings measure the sampling
+    jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
     return mcmc
 
 
