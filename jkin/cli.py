@@ -85,9 +85,9 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from jkin.fitting import DEMO_INFERENCE, FULL_INFERENCE, demo
+    from jkin.fitting import FULL_INFERENCE, demo
 
-    inference = dict(FULL_INFERENCE if args.full else DEMO_INFERENCE, seed=args.seed)
+    inference = dict(FULL_INFERENCE, seed=args.seed) if args.full else None  # None: the demo's
     demo(args.out, seed=args.seed, inference=inference, progress=not args.quiet)
     return 0
 
