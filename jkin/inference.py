@@ -254,26 +254,22 @@ def source_reference(p, lens_data, *, with_shear: bool = False):
 def _shear_and_source_position(priors, p, lens_data) -> dict:
     """The external shear and source-position sites (shared by the lensing models); ``p``: the
     galaxy parameters. Both are sampled as offsets from ``source_reference`` (the shear only
-    when neither of its components is overridden)."""
+    when neither of its components is overridden; an overridden site is sampled directly)."""
     g, w = priors.shear_max, priors.source_half_width
-    out = {}
+    v = dict(p)
     shear_names = ("gamma1_ext", "gamma2_ext")
-    if any(n in priors.overrides for n in shear_names):
-        for name in shear_names:
-            out[name] = priors.site(name, dist.Uniform(-g, g))
-        ref = source_reference(dict(p, **out), lens_data)
-    else:
-        ref = source_reference(p, lens_data, with_shear=True)
-        for k, name in enumerate(shear_names):
-            off = priors.site(name + "_offset", dist.Uniform(-g, g))
-            out[name] = numpyro.deterministic(name, ref[2 + k] + off)
-    for k, name in enumerate(("x_src", "y_src")):
+    direct = any(n in priors.overrides for n in shear_names)
+    for name in shear_names:
+        key = name if direct else name + "_offset"
+        v[key] = priors.site(key, dist.Uniform(-g, g))
+    for name in ("x_src", "y_src"):
         if name in priors.overrides:
-            out[name] = priors.site(name, None)
+            v[name] = priors.site(name, None)
         else:
-            off = priors.site(name + "_offset", dist.Uniform(-w, w))
-            out[name] = numpyro.deterministic(name, ref[k] + off)
-    return out
+            v[name + "_offset"] = priors.site(name + "_offset", dist.Uniform(-w, w))
+    for name, value in _lens_deterministics(v, lens_data).items():
+        v[name] = numpyro.deterministic(name, value)
+    return {k: v[k] for k in shear_names + ("x_src", "y_src")}
 
 
 def _log_uniform(scale, decades):
