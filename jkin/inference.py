@@ -881,7 +881,7 @@ class FitResult:
     def summary(self, var_names=GALAXY_SITES):
         import arviz as az
 
-        return az.summary(self.idata, var_names=list(var_names), round_to=None)
+        return az.summary(self.idata, var_names=list(var_names), round_to="none")  # None still rounds
 
 
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
