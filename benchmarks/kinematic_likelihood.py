@@ -8,7 +8,7 @@ times ``jax.value_and_grad(kinematic_log_likelihood)`` (jit once, median of many
   sizes: a plain MLP, a CIPS-like network, jkin's CIPS -- their cost is the real one;
 * the operator alone (an analytic v_rms map in place of the network), to separate the cost of
   the transform, light, PSF and binning from that of the network;
-* JAM (``jkin.kinematics.jam_emulator``: jkin.jam / jampy via a callback, value only) in
+* JAM (``jkin.kinematics.JamEmulator``: jkin.jam / jampy via a callback, value only) in
   place of the emulator -- the ratio is the speed-up of the emulator route.
 
     python benchmarks/kinematic_likelihood.py                       # the paper's mock
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import io
 import os
 import platform
@@ -240,7 +239,7 @@ def main(argv=None):
             from jkin.jam import DEFAULT_SETTINGS
 
             def time_jam(settings, d=data):
-                emu = functools.partial(kin.jam_emulator, settings=settings)
+                emu = kin.JamEmulator(settings)
                 jam = jax.jit(lambda th: kin.kinematic_log_likelihood(th, d, emu))
                 ts = []
                 for _ in range(args.jam_calls):

@@ -18,8 +18,9 @@
    written independently in numpy (explicit convolution and bin sums), sampled like the
    forward model (default: 8 x 8 sub-pixels within 0.1" of the lens, 2 x 2 within 0.3",
    1 beyond: 4836 points for 55 x 55 pixels with the PSF padding), with the signed JAM <v^2>
-   (``jkin.jam.jam_vrms2``, ``truth="jam"``) or emulator(...)^2 (``truth="emulator"``) at the
-   sample points. JAM is singular at exactly (0, 0): with even factors and the centre on a
+   (``jkin.jam.jam_vrms2``, ``truth="jam"``) or the emulator's (``kin.emulator_v2``,
+   ``truth="emulator"``) at the sample points, clipped at zero only after the bin sums, as
+   JAM does. JAM is singular at exactly (0, 0): with even factors and the centre on a
    pixel centre or corner no sample lands there; any point that does anyway is moved to
    (1e-6, 0) arcsec (v_rms is continuous there);
 5. Gaussian noise per bin with sigma = f v_true, f = 10% at S/N <= 10 falling linearly to 5% at
@@ -218,8 +219,8 @@ def make_mock_ifu(
             raise ValueError("truth='emulator' needs an emulator")
         import jax.numpy as jnp
 
-        v2_fn = lambda x, y: np.asarray(emulator(jnp.asarray(params), jnp.asarray(x),  # noqa
-                                                 jnp.asarray(y)), dtype=float) ** 2
+        v2_fn = lambda x, y: np.asarray(kin.emulator_v2(  # noqa: E731
+            emulator, jnp.asarray(params), jnp.asarray(x), jnp.asarray(y)), dtype=float)
     else:
         raise ValueError(f"truth must be 'jam' or 'emulator'; got {truth!r}")
 
