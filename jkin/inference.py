@@ -144,6 +144,19 @@ def _inclination_min(q_mass, q_light):
     return jnp.degrees(jnp.arccos(jnp.minimum(q_mass, q_light))) + cv.INCLINATION_MARGIN
 
 
+def _r_sersic(theta_E, frac):
+    return theta_E * frac
+
+
+def _inclination(q_mass, q_light, frac):
+    i_min = _inclination_min(q_mass, q_light)
+    return i_min + (90.0 - i_min) * frac
+
+
+def _phi(vec):
+    return 0.5 * jnp.rad2deg(jnp.arctan2(vec[..., 1], vec[..., 0]))
+
+
 def galaxy_params(priors: Priors = Priors()) -> dict:
     """Sample the 13 shared parameters (NumPyro sites named as ``GALAXY_SITES``)."""
     p = {}
@@ -153,15 +166,15 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
         p["R_sersic"] = priors.site("R_sersic", None)
     else:
         frac = priors.site("R_sersic_frac", dist.Uniform(*cv.R_SERSIC_FRACTION))
-        p["R_sersic"] = numpyro.deterministic("R_sersic", p["theta_E"] * frac)
+        p["R_sersic"] = numpyro.deterministic("R_sersic", _r_sersic(p["theta_E"], frac))
     for name in ("n_sersic", "beta_z"):
         p[name] = priors.site(name, dist.Uniform(*_bounds(name)))
     if "inclination" in priors.overrides:
         p["inclination"] = priors.site("inclination", None)
     else:
-        i_min = _inclination_min(p["q_mass"], p["q_light"])
         v = priors.site("inclination_frac", dist.Uniform(0.0, 1.0))
-        p["inclination"] = numpyro.deterministic("inclination", i_min + (90.0 - i_min) * v)
+        p["inclination"] = numpyro.deterministic(
+            "inclination", _inclination(p["q_mass"], p["q_light"], v))
     if "phi" in priors.overrides:
         p["phi"] = priors.site("phi", None)
     else:
@@ -171,7 +184,7 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
         # does too; NUTS then stalls, as it did on the lensing posterior: R-hat 1.4-3)
         r = jnp.sqrt(jnp.sum(vec**2) + 1e-12)
         numpyro.factor("phi_ring", -0.5 * ((r - 1.0) / PHI_RING_WIDTH) ** 2)
-        p["phi"] = numpyro.deterministic("phi", 0.5 * jnp.rad2deg(jnp.arctan2(vec[1], vec[0])))
+        p["phi"] = numpyro.deterministic("phi", _phi(vec))
     for name, c in zip(("x_c", "y_c"), priors.centre):
         w = priors.centre_half_width
         p[name] = priors.site(name, dist.Uniform(c - w, c + w))
@@ -783,13 +796,11 @@ def _galaxy_deterministics(v) -> dict:
     """R_sersic, inclination, phi from the reparametrised latents (JAX; as in galaxy_params)."""
     out = {}
     if "R_sersic_frac" in v:
-        out["R_sersic"] = v["theta_E"] * v["R_sersic_frac"]
+        out["R_sersic"] = _r_sersic(v["theta_E"], v["R_sersic_frac"])
     if "inclination_frac" in v:
-        i_min = _inclination_min(v["q_mass"], v["q_light"])
-        out["inclination"] = i_min + (90.0 - i_min) * v["inclination_frac"]
+        out["inclination"] = _inclination(v["q_mass"], v["q_light"], v["inclination_frac"])
     if "phi_vec" in v:
-        vec = v["phi_vec"]
-        out["phi"] = 0.5 * jnp.rad2deg(jnp.arctan2(vec[..., 1], vec[..., 0]))
+        out["phi"] = _phi(v["phi_vec"])
     return out
 
 
@@ -836,17 +847,17 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
         draws = rng.multivariate_normal(np.asarray(flat, float), cov, size=num_chains)
     else:
         draws = np.repeat(np.asarray(flat, float)[None], num_chains, axis=0)
+    transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
+    postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"))
     init = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
     # the data are closed over, not passed through MCMC.run (which maps over its arguments'
     # leaves, and LensingData validates its leaves when rebuilt)
-    bound = functools.partial(model, **kwargs)
-    transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
-    kernel = NUTS(bound, dense_mass=True, max_tree_depth=max_tree_depth,
+    kernel = NUTS(functools.partial(model, **kwargs), dense_mass=True,
+                  max_tree_depth=max_tree_depth,
                   inverse_mass_matrix=None if cov is None else jnp.asarray(cov, flat.dtype),
                   adapt_mass_matrix=adapt_mass_matrix or cov is None)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress,
-                postprocess_fn=_cheap_postprocess(transforms, kwargs.get("lens_data")))
+                chain_method=chain_method, progress_bar=progress, postprocess_fn=postprocess)
     mcmc.run(jax.random.PRNGKey(seed), init_params=init,
              extra_fields=("diverging", "num_steps", "accept_prob"))
     # without progress bars numpyro runs the chains as one asynchronously dispatched loop: wait
