@@ -251,6 +251,11 @@ def make_mock_ifu(
     bin_index = bin_number.reshape(n_pix, n_pix)
 
     vrms_true, _ = binned_vrms_numpy(v2_fn, theta, bin_index, M, ra0, dec0, kernel, **sampling)
+    if np.any(vrms_true <= 0):
+        raise ValueError(
+            f"{int(np.sum(vrms_true <= 0))} of {vrms_true.size} bins lie wholly in the truth's "
+            "zero-valued region (binned <v^2> <= 0, high beta_z) and would have no error bar; "
+            "a larger target_sn (bigger bins) or a smaller field avoids them")
     err = velocity_error_fraction(bin_sn) * vrms_true
     vrms = vrms_true + err * rng.normal(size=vrms_true.shape)
 

@@ -586,6 +586,13 @@ def test_zero_valued_region_binned_as_jam_does():
     assert np.max(np.asarray(clipped) - data.vrms_true) > 10.0  # km/s
 
 
+def test_mock_refuses_bins_without_signal():
+    # 0.5" pixels, one per bin: the outer major-axis pixels lie wholly in the zero-valued region
+    with pytest.raises(ValueError, match="zero-valued region"):
+        mocks.make_mock_ifu(ZERO_VALUED_THETA, seed=0, truth="jam", n_pix=5, pixel_scale=0.5,
+                            exposure=1e6, supersampling=2)
+
+
 def test_emulator_matches_jam_in_zero_valued_region():
     """The bundled emulator against JAM on the zero-valued-pixel galaxy, through the full
     forward model (55 x 55 pixels of 0.05", the mock's adaptive sampling): every noiseless bin
