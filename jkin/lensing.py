@@ -78,6 +78,7 @@ __all__ = [
     "image_positions",
     "lens_image_model",
     "imaging_log_likelihood",
+    "imaging_chi2",
     "time_delay_log_likelihood",
     "source_plane_log_likelihood",
     "lensing_log_likelihood",
@@ -639,6 +640,22 @@ def imaging_log_likelihood(params, data: LensingData, config: LensModelConfig = 
     check_params(params, config, data.n_images, _imaging_names(config))
     x_img, y_img = image_positions(params, data, config)
     return _imaging_ll(params, data, config, x_img, y_img)
+
+
+def imaging_chi2(params, data: LensingData, config: LensModelConfig = DEFAULT_CONFIG):
+    """(chi^2, number of unmasked pixels) of the image, with the noise of ``config.noise_model``
+    (the fixed map, or the model's variance): chi^2 per pixel ~1 at a good fit, >> 1 where a
+    blind start ended in a wrong optimum."""
+    check_params(params, config, data.n_images, _imaging_names(config))
+    x_img, y_img = image_positions(params, data, config)
+    model = _model_image(params, data, config, x_img, y_img)
+    mask = jnp.asarray(data.mask)
+    if config.noise_model == "map":
+        var = jnp.asarray(data.noise_map) ** 2
+    else:
+        var = data.background_rms**2 + jnp.maximum(model, 0.0) / data.exposure_time
+    chi2 = jnp.sum(mask * (jnp.asarray(data.image) - model) ** 2 / var)
+    return chi2, int(np.sum(np.asarray(data.mask) > 0))
 
 
 def time_delay_log_likelihood(params, data: LensingData, config: LensModelConfig = DEFAULT_CONFIG):

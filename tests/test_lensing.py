@@ -253,6 +253,36 @@ def test_likelihood_at_truth(mock):
     assert float(img_model_noise) == pytest.approx(want, rel=1e-5)
 
 
+def test_imaging_chi2_against_numpy(x64, mock):
+    """imaging_chi2 = sum over unmasked pixels of (data - model)^2 / var, var from the noise map
+    or the model (numpy from lens_image_model); ~1 per pixel at the truth, well above at a
+    wrong slope."""
+    p, d = mock.truth, mock.data
+    model = np.asarray(jax.jit(L.lens_image_model)(p, d), dtype=float)
+    mask = np.asarray(d.mask) > 0
+    r = np.asarray(d.image) - model
+    chi2, n = L.imaging_chi2(p, d)
+    assert n == mask.sum()
+    assert float(chi2) == pytest.approx(np.sum((r**2 / np.asarray(d.noise_map) ** 2)[mask]),
+                                        rel=1e-5)
+    var = d.background_rms**2 + np.maximum(model, 0) / d.exposure_time
+    chi2_m, _ = L.imaging_chi2(p, d, L.LensModelConfig(noise_model="model"))
+    assert float(chi2_m) == pytest.approx(np.sum((r**2 / var)[mask]), rel=1e-5)
+    assert abs(float(chi2) / n - 1) < 5 * np.sqrt(2 / n)
+    wrong, _ = L.imaging_chi2(dict(p, gamma=p["gamma"] - 0.2), d)
+    assert float(wrong) / n > 1.5
+
+
+def test_fit_records_map_image_quality(mock, capsys):
+    from jkin.fitting import CHI2_WARN, _map_imaging_quality
+
+    good = _map_imaging_quality(mock.truth, mock.data, "good")["map_imaging_chi2_per_pixel"]
+    assert good < CHI2_WARN and "warning" not in capsys.readouterr().err
+    wrong = dict(mock.truth, gamma=mock.truth["gamma"] - 0.2)
+    bad = _map_imaging_quality(wrong, mock.data, "bad")["map_imaging_chi2_per_pixel"]
+    assert bad > CHI2_WARN and "bad: image chi^2 per pixel" in capsys.readouterr().err
+
+
 def test_gradients_match_finite_differences(x64, mock):
     """check_grads (reverse mode, order 1) of the total lensing log-likelihood in float64,
     away from the truth, with all parameters perturbed at once: central differences with
