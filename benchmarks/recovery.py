@@ -97,7 +97,10 @@ def main():
     ap.add_argument("--map-steps", type=int, default=3000, help="L-BFGS iterations per start")
     args = ap.parse_args()
 
-    from jkin.fitting import write_config
+    from jkin.fitting import use_host_devices, write_config
+
+    if args.workers == 1:  # fits in this process: their chains in parallel, one per core
+        use_host_devices()
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -93,8 +93,10 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from jkin.fitting import run_many
+    from jkin.fitting import run_many, use_host_devices
 
+    if len(args.config) == 1 and args.scheduler is None:  # in this process: chains in parallel
+        use_host_devices()
     t0 = time.perf_counter()
     results = run_many(args.config, scheduler=args.scheduler, n_workers=args.workers,
                        progress=not args.quiet)

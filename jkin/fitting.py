@@ -26,7 +26,9 @@ A configuration file (TOML; paths relative to the file)::
     num_samples = 500
     num_chains = 2
     max_tree_depth = 8
-    chain_method = "vectorized"       # or "sequential"
+    chain_method = "auto"             # or numpyro's "vectorized", "sequential", "parallel";
+                                      # auto: parallel with a host device per chain, else
+                                      # sequential on a CPU, vectorized on a GPU
     z_lens = 0.5                      # for the derived masses
     position_steps = 1000             # blind lensing start: image-position fit steps
     init_from = ""                    # optional: start at an earlier fit's MAP instead (its
@@ -49,12 +51,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FitConfig", "load_config", "run_fit", "run_many", "demo"]
+__all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "run_fit",
+           "run_many", "demo"]
 
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
-                           num_chains=2, max_tree_depth=8, chain_method="vectorized", z_lens=0.5,
+                           num_chains=2, max_tree_depth=8, chain_method="auto", z_lens=0.5,
                            position_steps=1000, init_from="", mass_matrix="auto",
                            precision="float64")
 _MASS_MATRIX = {"auto": None, "laplace": False, "adapt": True}
@@ -151,8 +154,9 @@ def load_config(path) -> FitConfig:
             _err(path, f"inference.{key} = {inference[key]} must be >= 1")
     if inference["num_warmup"] < 0:
         _err(path, f"inference.num_warmup = {inference['num_warmup']} must be >= 0")
-    if inference["chain_method"] not in ("vectorized", "sequential", "parallel"):
-        _err(path, "inference.chain_method must be 'vectorized', 'sequential' or 'parallel'")
+    if inference["chain_method"] not in ("auto", "vectorized", "sequential", "parallel"):
+        _err(path, "inference.chain_method must be 'auto', 'vectorized', 'sequential' or "
+             "'parallel'")
     if inference["mass_matrix"] not in _MASS_MATRIX:
         _err(path, f"inference.mass_matrix = {inference['mass_matrix']!r} must be one of "
              f"{sorted(_MASS_MATRIX)}")
@@ -184,13 +188,27 @@ def _truth(cfg: FitConfig) -> dict:
     return truth
 
 
-def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
-    """Run one configured fit and write its outputs; returns a short summary dict."""
+def use_host_devices(n: int | None = None) -> bool:
+    """Give XLA ``n`` host devices (default: one per CPU core), so that ``chain_method = "auto"``
+    runs the chains in parallel (2 cores, 2 chains of a joint fit: 1.6x faster than one after
+    the other). Only possible before JAX's first computation - so before importing
+    jkin.lensing or jkin.inference (herculens computes when imported): returns False (and
+    changes nothing) after it."""
+    import os
+
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n or os.cpu_count() or 1))
+    except RuntimeError:
+        return False
+    return True
+
+
+def fit_inputs(cfg: FitConfig):
+    """The configured fit's NumPyro model and its keyword arguments (data, emulator, priors)."""
     from jkin import inference as inf
 
-    if not isinstance(cfg, FitConfig):
-        cfg = load_config(cfg)
-    t0 = time.perf_counter()
     kwargs = {"priors": inf.Priors(**cfg.priors)}
     if cfg.kinematics is not None:
         from jkin.data import load_kinematic_data
@@ -203,7 +221,17 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
 
         kwargs["lens_data"] = load_lensing_data(cfg.lensing)
         kwargs["scales"] = inf.amplitude_scales(kwargs["lens_data"])
-    model = inf.MODELS[cfg.mode][0]
+    return inf.MODELS[cfg.mode][0], kwargs
+
+
+def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
+    """Run one configured fit and write its outputs; returns a short summary dict."""
+    from jkin import inference as inf
+
+    if not isinstance(cfg, FitConfig):
+        cfg = load_config(cfg)
+    t0 = time.perf_counter()
+    model, kwargs = fit_inputs(cfg)
     opts = dict(cfg.inference)
     init = _init_values(opts["init_from"]) if opts["init_from"] else None
     res = inf.fit(model, kwargs, seed=opts["seed"], n_starts=opts["n_starts"],
@@ -239,6 +267,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
         "map_log_density": float(res.map["log_density"][res.map["best"]]),
         **quality,
         "timings_s": {**res.timings, "wall": wall},
+        "chain_method": res.mcmc.chain_method,  # as run ("auto" resolved)
         "max_rhat": float(summary["r_hat"].loc[list(inf.GALAXY_SITES)].max()),
         "min_ess_bulk": float(summary["ess_bulk"].loc[list(inf.GALAXY_SITES)].min()),
         "divergences": int(np.asarray(res.idata.sample_stats["diverging"]).sum())

@@ -85,7 +85,7 @@ from jkin import lensing as lens
 __all__ = [
     "Priors", "GALAXY_SITES", "galaxy_params", "kinematics_model", "lensing_model",
     "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
-    "derived_quantities", "mass_within", "MODELS", "float32_emulator",
+    "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -759,9 +759,23 @@ def laplace(potential_fn, z, min_curvature: float = 1e-3) -> np.ndarray | None:
     return 0.5 * (cov + cov.T)
 
 
+def chain_method_for(num_chains: int) -> str:
+    """numpyro's chain method for ``chain_method="auto"``: on an accelerator "vectorized" (one
+    batched computation); on a CPU "parallel" when there is a host device per chain (see
+    ``numpyro.set_host_device_count``; ``jkin fit`` sets one per core), else "sequential".
+    On a CPU a vmapped batch of chains costs as much per step as the chains one by one (joint
+    potential, 2 chains: 183 against 91 ms) and each iteration lasts as long as the longest
+    tree, so "vectorized" is the slowest: recovery system 2's joint posterior, 30 + 30 draws, 2
+    cores: vectorized 106 s, sequential 75 s, parallel 47 s (benchmarks/sampler_speed.py)."""
+    if jax.default_backend() != "cpu":
+        return "vectorized"
+    return "parallel" if num_chains > 1 and jax.local_device_count() >= num_chains \
+        else "sequential"
+
+
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
-             chain_method: str = "vectorized", adapt_mass_matrix: bool | None = None,
+             chain_method: str = "auto", adapt_mass_matrix: bool | None = None,
              x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
@@ -773,8 +787,11 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     Hessian's inverse at a polished MAP). The default (None) adapts it without imaging only: a
     kinematics-only posterior is broad and far from Gaussian, and there adaptation helped
     (demo, 150 + 150 draws: max R-hat 1.59 fixed, 1.10 adapted, at the same cost).
+    ``chain_method``: numpyro's, or "auto" (``chain_method_for``).
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
     use = _use_x64(kwargs, x64)
+    if chain_method == "auto":
+        chain_method = chain_method_for(num_chains)
     if adapt_mass_matrix is None:
         adapt_mass_matrix = "lens_data" not in kwargs
     with jax.enable_x64(use):
@@ -913,7 +930,7 @@ class FitResult:
 
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
-        max_tree_depth: int = 8, chain_method: str = "vectorized", z_lens: float = cv.Z_D,
+        max_tree_depth: int = 8, chain_method: str = "auto", z_lens: float = cv.Z_D,
         position_steps: int = 1000, adapt_mass_matrix: bool | None = None,
         x64: bool | None = None,
         init: Mapping | None = None,

@@ -38,6 +38,10 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
         assert (out / name).stat().st_size > 0
     rec = json.loads((out / "fit.json").read_text())
     assert rec["mode"] == "kinematics" and rec["truth"]["theta_E"] == mocks.PAPER_MOCK_THETA["theta_E"]
+    # one fit in the jkin process: a host device per core, so "auto" runs the 2 chains in parallel
+    import os
+
+    assert rec["chain_method"] == ("parallel" if (os.cpu_count() or 1) >= 2 else "sequential")
     import arviz as az
 
     post = az.from_netcdf(str(out / "posterior.nc")).posterior

@@ -211,6 +211,50 @@ def test_nuts_recovers_a_two_parameter_problem():
     assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
 
 
+_CHAIN_METHODS = """
+import json, sys
+from jkin.fitting import use_host_devices
+
+assert use_host_devices(2)  # before jkin.inference: herculens computes when imported
+import jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
+from jkin import inference as inf
+
+def model(y):
+    a = numpyro.sample("a", dist.Uniform(-10, 10))
+    numpyro.sample("y", dist.Normal(a, 0.5), obs=y)
+kw = dict(y=jnp.asarray([0.3, -0.2, 0.9]))
+m = inf.find_map(model, kw, n_starts=2, n_steps=50, progress=False)
+out = {"too_late": use_host_devices(3)}
+for method in ("auto", "sequential", "vectorized"):
+    mcmc = inf.run_nuts(model, kw, m, num_warmup=30, num_samples=30, num_chains=2,
+                        chain_method=method, progress=False)
+    out[method] = [mcmc.chain_method, np.asarray(mcmc.get_samples()["a"]).tolist()]
+print(json.dumps(out))
+"""
+
+
+def test_chain_method_auto_runs_chains_in_parallel_with_the_same_draws():
+    # in a fresh process (host devices are fixed at JAX's first computation): with a device per
+    # chain "auto" picks "parallel", whose draws are the sequential chains' (same keys, same
+    # starts); the device count can no longer change once JAX has computed
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _CHAIN_METHODS], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["too_late"] is False
+    assert out["auto"][0] == "parallel" and out["sequential"][0] == "sequential"
+    np.testing.assert_allclose(out["auto"][1], out["sequential"][1], rtol=1e-6)
+    # vectorized chains see the same keys too; vmapped arithmetic may round differently
+    np.testing.assert_allclose(out["vectorized"][1], out["sequential"][1], rtol=1e-3, atol=1e-3)
+    # in this (single-device) process "auto" is sequential
+    assert inf.chain_method_for(2) == ("sequential" if jax.local_device_count() < 2
+                                       else "parallel")
+
+
 def test_mass_within_against_direct_integral():
     # circular power law: kappa = (3 - g)/2 (theta_E/r)^(g-1), M(<R) = Sigma_crit int kappa dA
     from astropy import constants as c
