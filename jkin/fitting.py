@@ -242,9 +242,11 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
                   adapt_mass_matrix=_MASS_MATRIX[opts["mass_matrix"]],
                   x64=opts["precision"] == "float64",
                   progress=progress)
+    # the MAP's sites, without per-pixel ones (e.g. a source grid)
+    map_values = {k: np.asarray(v) for k, v in res.map["values"].items() if np.size(v) <= 16}
     quality = {}
     if cfg.lensing is not None:
-        quality = _map_imaging_quality(res.map["values"], kwargs["lens_data"], cfg.name)
+        quality = _map_imaging_quality(map_values, kwargs["lens_data"], cfg.name)
     truth = _truth(cfg)
     out = cfg.output
     out.mkdir(parents=True, exist_ok=True)
@@ -262,8 +264,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
         "weights": cfg.weights, "priors": cfg.priors, "inference": cfg.inference,
         "map": {k: np.asarray(v).tolist() for k, v in res.map["values"].items()
                 if k in inf.GALAXY_SITES},
-        "map_latent": {k: np.asarray(v).tolist() for k, v in res.map["values"].items()
-                       if np.size(v) <= 16},
+        "map_latent": {k: v.tolist() for k, v in map_values.items()},
         "map_log_density": float(res.map["log_density"][res.map["best"]]),
         **quality,
         "timings_s": {**res.timings, "wall": wall},
@@ -295,8 +296,7 @@ def _map_imaging_quality(values, lens_data, name) -> dict:
     from jkin import lensing as lens
 
     with jax.enable_x64(True):
-        chi2, n = lens.imaging_chi2({k: np.asarray(v, float) for k, v in values.items()
-                                     if np.size(v) <= 16},
+        chi2, n = lens.imaging_chi2({k: np.asarray(v, float) for k, v in values.items()},
                                     jax.tree.map(np.asarray, lens_data))
     per_pixel = float(chi2) / n
     if per_pixel > CHI2_WARN:

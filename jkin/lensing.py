@@ -601,15 +601,22 @@ def lens_image_model(params, data: LensingData, config: LensModelConfig = DEFAUL
     return _model_image(params, data, config, x_img, y_img, supersampling)
 
 
-def _imaging_ll(params, data, config, x_img, y_img):
+def _imaging_residuals(params, data, config, x_img, y_img):
+    """(mask * r^2 / var, var) per pixel: var is the fixed noise map squared (noise_model "map")
+    or the model's variance (background + Poisson, noise_model "model")."""
     model = _model_image(params, data, config, x_img, y_img)
-    mask = jnp.asarray(data.mask)
     if config.noise_model == "map":
-        r = (jnp.asarray(data.image) - model) / jnp.asarray(data.noise_map)
-        return -0.5 * jnp.sum(mask * r * r)
-    var = data.background_rms**2 + jnp.maximum(model, 0.0) / data.exposure_time
-    r2 = (jnp.asarray(data.image) - model) ** 2 / var
-    return -0.5 * jnp.sum(mask * (r2 + jnp.log(var)))
+        var = jnp.asarray(data.noise_map) ** 2
+    else:
+        var = data.background_rms**2 + jnp.maximum(model, 0.0) / data.exposure_time
+    return jnp.asarray(data.mask) * (jnp.asarray(data.image) - model) ** 2 / var, var
+
+
+def _imaging_ll(params, data, config, x_img, y_img):
+    chi2, var = _imaging_residuals(params, data, config, x_img, y_img)
+    if config.noise_model == "map":  # log var is a constant
+        return -0.5 * jnp.sum(chi2)
+    return -0.5 * jnp.sum(chi2 + jnp.asarray(data.mask) * jnp.log(var))
 
 
 def _time_delay_ll(params, data, x_img, y_img):
@@ -648,14 +655,8 @@ def imaging_chi2(params, data: LensingData, config: LensModelConfig = DEFAULT_CO
     blind start ended in a wrong optimum."""
     check_params(params, config, data.n_images, _imaging_names(config))
     x_img, y_img = image_positions(params, data, config)
-    model = _model_image(params, data, config, x_img, y_img)
-    mask = jnp.asarray(data.mask)
-    if config.noise_model == "map":
-        var = jnp.asarray(data.noise_map) ** 2
-    else:
-        var = data.background_rms**2 + jnp.maximum(model, 0.0) / data.exposure_time
-    chi2 = jnp.sum(mask * (jnp.asarray(data.image) - model) ** 2 / var)
-    return chi2, int(np.sum(np.asarray(data.mask) > 0))
+    chi2, _ = _imaging_residuals(params, data, config, x_img, y_img)
+    return jnp.sum(chi2), int(np.sum(np.asarray(data.mask) > 0))
 
 
 def time_delay_log_likelihood(params, data: LensingData, config: LensModelConfig = DEFAULT_CONFIG):
