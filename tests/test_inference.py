@@ -184,6 +184,18 @@ def test_map_improves_on_prior_draws(kin_data):
     assert set(inf.GALAXY_SITES) <= set(m["values"])
 
 
+def test_blind_map_restarts_above_the_image_chi2_limit(lens_mock):
+    # a limit no fit can meet forces the one extra round; the better round's MAP is kept and its
+    # recorded chi^2 is that of the kept values
+    kw = dict(lens_data=lens_mock.data, scales=inf.amplitude_scales(lens_mock.data))
+    opts = dict(n_starts=1, n_steps=20, position_steps=40, position_starts=2, progress=False)
+    m = inf.find_map(inf.lensing_model, kw, chi2_limit=0.0, restarts=1, **opts)
+    assert m["restarts"] == 1 and len(m["round_log_density"]) == 2
+    assert float(m["log_density"][m["best"]]) == max(m["round_log_density"])
+    assert m["imaging_chi2_per_pixel"] == pytest.approx(
+        inf.map_imaging_chi2(m["values"], lens_mock.data), rel=1e-9)
+
+
 def test_nuts_recovers_a_two_parameter_problem():
     # y = a + b x + N(0, s^2) with flat priors: the posterior is the least-squares Gaussian
     rng = np.random.default_rng(0)

@@ -273,14 +273,23 @@ def test_imaging_chi2_against_numpy(x64, mock):
     assert float(wrong) / n > 1.5
 
 
-def test_fit_records_map_image_quality(mock, capsys):
+def test_fit_records_map_image_quality(x64, mock, capsys):
     from jkin.fitting import CHI2_WARN, _map_imaging_quality
+    from jkin.inference import map_imaging_chi2
 
-    good = _map_imaging_quality(mock.truth, mock.data, "good")["map_imaging_chi2_per_pixel"]
-    assert good < CHI2_WARN and "warning" not in capsys.readouterr().err
-    wrong = dict(mock.truth, gamma=mock.truth["gamma"] - 0.2)
-    bad = _map_imaging_quality(wrong, mock.data, "bad")["map_imaging_chi2_per_pixel"]
-    assert bad > CHI2_WARN and "bad: image chi^2 per pixel" in capsys.readouterr().err
+    good = map_imaging_chi2(mock.truth, mock.data)
+    chi2, n = L.imaging_chi2({k: np.asarray(v, float) for k, v in mock.truth.items()},
+                             jax.tree.map(np.asarray, mock.data))  # float64, as the check
+    assert good == pytest.approx(float(chi2) / n, rel=1e-6) and good < CHI2_WARN
+    wrong = map_imaging_chi2(dict(mock.truth, gamma=mock.truth["gamma"] - 0.2), mock.data)
+    assert wrong > CHI2_WARN
+    rec = _map_imaging_quality(dict(imaging_chi2_per_pixel=good, restarts=0,
+                                    round_log_density=[-1.0]), "good")
+    assert rec["map_imaging_chi2_per_pixel"] == good and rec["map_restarts"] == 0
+    assert "warning" not in capsys.readouterr().err
+    _map_imaging_quality(dict(imaging_chi2_per_pixel=wrong, restarts=1,
+                              round_log_density=[-2.0, -3.0]), "bad")
+    assert "bad: image chi^2 per pixel" in capsys.readouterr().err
 
 
 def test_gradients_match_finite_differences(x64, mock):
