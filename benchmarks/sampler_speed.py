@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["vectorized", "sequential", "parallel"])
     args = ap.parse_args()
-    from jkin.fitting import _init_values, _MASS_MATRIX, fit_inputs, load_config, use_host_devices
+    from jkin.fitting import _init_values, fit_inputs, load_config, use_host_devices
 
     if "parallel" in args.methods:
         use_host_devices(args.chains)
@@ -57,7 +57,7 @@ def main():
         mcmc = inf.run_nuts(model, kwargs, m, seed=opts["seed"], num_warmup=args.warmup,
                             num_samples=args.samples, num_chains=args.chains,
                             max_tree_depth=opts["max_tree_depth"], chain_method=method,
-                            adapt_mass_matrix=_MASS_MATRIX[opts["mass_matrix"]], x64=x64,
+                            mass_matrix=opts["mass_matrix"], x64=x64,
                             progress=False)
         wall = time.perf_counter() - t0
         steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"]).sum(axis=1)

@@ -62,7 +62,9 @@ _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, n
                            num_chains=2, max_tree_depth=8, chain_method="auto", z_lens=0.5,
                            position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
                            precision="float64")
-_MASS_MATRIX = {"auto": None, "laplace": False, "adapt": True}
+#: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
+#: count before ``use_host_devices`` could set it
+MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +162,9 @@ def load_config(path) -> FitConfig:
     if inference["chain_method"] not in ("auto", "vectorized", "sequential", "parallel"):
         _err(path, "inference.chain_method must be 'auto', 'vectorized', 'sequential' or "
              "'parallel'")
-    if inference["mass_matrix"] not in _MASS_MATRIX:
+    if inference["mass_matrix"] not in MASS_MATRICES:
         _err(path, f"inference.mass_matrix = {inference['mass_matrix']!r} must be one of "
-             f"{sorted(_MASS_MATRIX)}")
+             f"{list(MASS_MATRICES)}")
     if inference["precision"] not in ("float64", "float32"):
         _err(path, f"inference.precision = {inference['precision']!r} must be 'float64' or "
              "'float32'")
@@ -243,7 +245,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
                   max_tree_depth=opts["max_tree_depth"], chain_method=opts["chain_method"],
                   z_lens=opts["z_lens"], position_steps=opts["position_steps"], init=init,
                   map_chi2_limit=CHI2_WARN, map_restarts=opts["map_restarts"],
-                  adapt_mass_matrix=_MASS_MATRIX[opts["mass_matrix"]],
+                  mass_matrix=opts["mass_matrix"],
                   x64=opts["precision"] == "float64",
                   progress=progress)
     # the MAP's sites, without per-pixel ones (e.g. a source grid)

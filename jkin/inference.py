@@ -61,6 +61,7 @@ float64 (``x64``). Returns an arviz InferenceData with derived quantities
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -815,31 +816,75 @@ def chain_method_for(num_chains: int) -> str:
         else "sequential"
 
 
+MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
+
+
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
-             chain_method: str = "auto", adapt_mass_matrix: bool | None = None,
+             chain_method: str = "auto", mass_matrix: str = "auto",
              x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
     The chains start at independent draws of N(z_MAP, H^-1) in unconstrained space (the MAP
-    itself if the Hessian is not finite); H^-1 is the mass matrix, and warm-up adapts the step
-    size only, unless ``adapt_mass_matrix``: numpyro's windowed re-estimation of a ~25x25 dense
-    matrix from a few hundred correlated warm-up draws made lensing chains stall (demo quad,
-    150 + 150 draws: max R-hat 2.3 with it, 1.2 without; the mass matrix is then the exact
-    Hessian's inverse at a polished MAP). The default (None) adapts it without imaging only: a
-    kinematics-only posterior is broad and far from Gaussian, and there adaptation helped
-    (demo, 150 + 150 draws: max R-hat 1.59 fixed, 1.10 adapted, at the same cost).
+    itself if the Hessian is not finite). ``mass_matrix`` chooses the (dense) mass matrix:
+    - "laplace": H^-1, fixed; warm-up adapts the step size only.
+    - "pooled": H^-1 for the first half of the warm-up (a quarter adapting the step size, a
+      quarter of draws), then re-estimated once from those draws, pooled over all chains
+      (``pooled_mass_matrix``), for the second half (step size re-adapted) and the sampling. It corrects the directions in which the
+      posterior is wider than its curvature at the MAP says: a parameter against its prior
+      bound (R_sersic near theta_E), a distance known to 20% only.
+    - "adapt": numpyro's windowed re-estimation, per chain, starting from H^-1. From a few
+      hundred correlated warm-up draws of a ~25-parameter lensing posterior it made chains
+      stall (demo quad, 150 + 150 draws: max R-hat 2.3 with it, 1.2 laplace); on the broad,
+      curved kinematics-only posterior it helped (demo: max R-hat 1.59 laplace, 1.10 adapted).
+    - "auto" (default): "pooled" with imaging, "adapt" without.
     ``chain_method``: numpyro's, or "auto" (``chain_method_for``).
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
+    if mass_matrix not in MASS_MATRICES:
+        raise ValueError(f"mass_matrix = {mass_matrix!r} must be one of {MASS_MATRICES}")
     use = _use_x64(kwargs, x64)
     if chain_method == "auto":
         chain_method = chain_method_for(num_chains)
-    if adapt_mass_matrix is None:
-        adapt_mass_matrix = "lens_data" not in kwargs
-    with jax.enable_x64(use):
+    if mass_matrix == "auto":
+        mass_matrix = "pooled" if "lens_data" in kwargs else "adapt"
+    with _callback_x64(use and progress and chain_method == "parallel"), jax.enable_x64(use):
         return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup,
                          num_samples, num_chains,
-                         max_tree_depth, chain_method, adapt_mass_matrix, progress)
+                         max_tree_depth, chain_method, mass_matrix, progress)
+
+
+@contextlib.contextmanager
+def _callback_x64(on: bool):
+    """float64 as the process-wide default while ``on``. ``jax.enable_x64`` sets it for the
+    calling thread only, and numpyro's progress bars of parallel chains report from XLA's
+    callback threads: there a Python int became int32 against the int64 traced, and the run
+    failed ("Incorrect output dtype for return value #0: Expected: int64, Actual: int32").
+    Enter it outside ``jax.enable_x64``, which would hide the process-wide value."""
+    if not on or jax.config.jax_enable_x64:
+        yield
+        return
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def pooled_mass_matrix(draws, laplace_cov: np.ndarray) -> np.ndarray:
+    """Inverse mass matrix from warm-up ``draws`` (n x d, unconstrained, all chains pooled) and
+    the Laplace covariance ``laplace_cov``: in coordinates whitened by the Laplace covariance
+    (y = L^-1 z, L L^T = laplace_cov) the draws' covariance has eigenvalues lambda_k; those above
+    1 are kept, the others raised to 1, and the result is mapped back. Only widening: a short
+    run of correlated draws under-covers every direction, so a sample variance below the
+    curvature's is noise, while one above it is a posterior wider than its Gaussian
+    approximation (a tail against a prior bound, a poorly constrained distance)."""
+    draws = np.asarray(draws, float)
+    chol = np.linalg.cholesky(laplace_cov)
+    y = np.linalg.solve(chol, (draws - draws.mean(axis=0)).T).T
+    lam, vec = np.linalg.eigh(np.atleast_2d(np.cov(y, rowvar=False)))
+    widened = (vec * np.maximum(lam, 1.0)) @ vec.T
+    out = chol @ widened @ chol.T
+    return 0.5 * (out + out.T)
 
 
 def _latent_transforms(model_trace) -> dict:
@@ -897,7 +942,7 @@ def _cheap_postprocess(transforms, lens_data=None):
 
 
 def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chains,
-              max_tree_depth, chain_method, adapt_mass_matrix, progress):
+              max_tree_depth, chain_method, mass_matrix, progress):
     z = map_result["z"]
     flat, unravel = ravel_pytree(z)
     cov = laplace(map_result["potential_fn"], z)
@@ -911,14 +956,32 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
     init = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
     # the data are closed over, not passed through MCMC.run (which maps over its arguments'
     # leaves, and LensingData validates its leaves when rebuilt)
-    kernel = NUTS(functools.partial(model, **kwargs), dense_mass=True,
-                  max_tree_depth=max_tree_depth,
-                  inverse_mass_matrix=None if cov is None else jnp.asarray(cov, flat.dtype),
-                  adapt_mass_matrix=adapt_mass_matrix or cov is None)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress, postprocess_fn=postprocess)
-    mcmc.run(jax.random.PRNGKey(seed), init_params=init,
-             extra_fields=("diverging", "num_steps", "accept_prob"))
+    model_fn = functools.partial(model, **kwargs)
+
+    def nuts(inverse_mass_matrix, adapt):
+        return NUTS(model_fn, dense_mass=True, max_tree_depth=max_tree_depth,
+                    inverse_mass_matrix=None if inverse_mass_matrix is None
+                    else jnp.asarray(inverse_mass_matrix, flat.dtype),
+                    adapt_mass_matrix=adapt or inverse_mass_matrix is None)
+
+    key = jax.random.PRNGKey(seed)
+    first = num_warmup // 2
+    if mass_matrix == "pooled" and cov is not None and first >= 20:
+        # first half of the warm-up under the Laplace matrix: a quarter adapting the step size,
+        # a quarter of draws, kept unconstrained, for the pooled estimate
+        mcmc = MCMC(nuts(cov, False), num_warmup=first // 2, num_samples=first - first // 2,
+                    num_chains=num_chains, chain_method=chain_method, progress_bar=progress,
+                    postprocess_fn=lambda v: v)
+        key, k1 = jax.random.split(key)
+        mcmc.run(k1, init_params=init)
+        warm = mcmc.get_samples(group_by_chain=True)
+        flat_draws = jax.vmap(jax.vmap(lambda v: ravel_pytree(v)[0]))(warm)
+        cov = pooled_mass_matrix(np.asarray(flat_draws).reshape(-1, flat.size), cov)
+        init, num_warmup = mcmc.last_state.z, num_warmup - first
+    mcmc = MCMC(nuts(cov, mass_matrix == "adapt"), num_warmup=num_warmup,
+                num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                progress_bar=progress, postprocess_fn=postprocess)
+    mcmc.run(key, init_params=init, extra_fields=("diverging", "num_steps", "accept_prob"))
     # without progress bars numpyro runs the chains as one asynchronously dispatched loop: wait
     # for it here, so that timings measure the sampling
     jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
@@ -973,7 +1036,7 @@ class FitResult:
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
         max_tree_depth: int = 8, chain_method: str = "auto", z_lens: float = cv.Z_D,
-        position_steps: int = 1000, adapt_mass_matrix: bool | None = None,
+        position_steps: int = 1000, mass_matrix: str = "auto",
         x64: bool | None = None,
         init: Mapping | None = None, map_chi2_limit: float | None = None,
         map_restarts: int = 1,
@@ -990,7 +1053,7 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     t1 = time.perf_counter()
     mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, max_tree_depth=max_tree_depth,
-                    chain_method=chain_method, adapt_mass_matrix=adapt_mass_matrix, x64=x64,
+                    chain_method=chain_method, mass_matrix=mass_matrix, x64=x64,
                     progress=progress)
     t2 = time.perf_counter()
     samples = mcmc.get_samples(group_by_chain=True)

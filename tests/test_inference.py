@@ -223,6 +223,53 @@ def test_nuts_recovers_a_two_parameter_problem():
     assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
 
 
+def test_pooled_mass_matrix_widens_only():
+    # draws wider than the Laplace covariance along one (rotated) direction, narrower along
+    # another: the result takes the draws' variance along the first and keeps the Laplace one
+    # along the second (eigen-decomposition in Laplace-whitened coordinates, by hand here)
+    rng = np.random.default_rng(1)
+    lap = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.5]])
+    chol = np.linalg.cholesky(lap)
+    w = np.array([1.0, 1.0, 0.0]) / math.sqrt(2.0)
+    scales = np.diag([9.0, 1.0, 0.25])  # whitened covariance: 9 along w, 0.25 along e3
+    basis = np.stack([w, np.array([1.0, -1.0, 0.0]) / math.sqrt(2.0), [0.0, 0.0, 1.0]], 1)
+    y_cov = basis @ scales @ basis.T
+    draws = rng.multivariate_normal(np.zeros(3), chol @ y_cov @ chol.T, size=200_000)
+    out = inf.pooled_mass_matrix(draws, lap)
+    expect = chol @ (basis @ np.diag([9.0, 1.0, 1.0]) @ basis.T) @ chol.T
+    np.testing.assert_allclose(out, expect, atol=0.05 * np.abs(expect).max())
+    # draws narrower everywhere give the Laplace covariance back exactly
+    narrow = rng.multivariate_normal(np.zeros(3), 0.3 * lap, size=5000)
+    np.testing.assert_allclose(inf.pooled_mass_matrix(narrow, lap), lap, rtol=1e-10, atol=1e-12)
+
+
+def test_pooled_mass_matrix_on_a_heavy_tailed_posterior():
+    # Student t (3 dof): the curvature at the mode gives variance 3/4, the posterior's is 3.
+    # "pooled" re-estimates the mass matrix from the first half of the warm-up and must widen
+    # it; the sampled quartiles must match the exact ones (+-0.765)
+    def model():
+        numpyro.sample("t", dist.StudentT(3.0, 0.0, 1.0))
+
+    m = inf.find_map(model, {}, n_starts=2, n_steps=100, progress=False)
+    lap = inf.laplace(m["potential_fn"], m["z"])
+    assert float(lap[0, 0]) == pytest.approx(0.75, rel=1e-3)
+    mcmc = inf.run_nuts(model, {}, m, num_warmup=400, num_samples=4000, num_chains=2,
+                        mass_matrix="pooled", progress=False)
+    (imm,) = mcmc.last_state.adapt_state.inverse_mass_matrix.values()  # {("t",): matrix}
+    assert float(np.asarray(imm).min()) > 1.2 * float(lap[0, 0])
+    q = np.percentile(np.asarray(mcmc.get_samples()["t"]), [25, 75])
+    exact = stats.t.ppf([0.25, 0.75], 3)
+    np.testing.assert_allclose(q, exact, atol=0.12)
+    with pytest.raises(ValueError, match="mass_matrix"):
+        inf.run_nuts(model, {}, m, mass_matrix="diag", progress=False)
+
+
+def test_config_mass_matrices_match_inference():
+    from jkin import fitting
+
+    assert fitting.MASS_MATRICES == inf.MASS_MATRICES
+
+
 _CHAIN_METHODS = """
 import json, sys
 from jkin.fitting import use_host_devices
@@ -241,6 +288,11 @@ for method in ("auto", "sequential", "vectorized"):
     mcmc = inf.run_nuts(model, kw, m, num_warmup=30, num_samples=30, num_chains=2,
                         chain_method=method, progress=False)
     out[method] = [mcmc.chain_method, np.asarray(mcmc.get_samples()["a"]).tolist()]
+# parallel chains in float64 with progress bars (they report from XLA's callback threads) and
+# the pooled mass matrix's two runs
+mcmc = inf.run_nuts(model, kw, m, num_warmup=40, num_samples=30, num_chains=2, progress=True,
+                    mass_matrix="pooled")
+out["progress"] = str(mcmc.get_samples()["a"].dtype)
 print(json.dumps(out))
 """
 
@@ -259,6 +311,7 @@ def test_chain_method_auto_runs_chains_in_parallel_with_the_same_draws():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["too_late"] is False
     assert out["auto"][0] == "parallel" and out["sequential"][0] == "sequential"
+    assert out["progress"] == "float64"
     np.testing.assert_allclose(out["auto"][1], out["sequential"][1], rtol=1e-6)
     # vectorized chains see the same keys too; vmapped arithmetic may round differently
     np.testing.assert_allclose(out["vectorized"][1], out["sequential"][1], rtol=1e-3, atol=1e-3)
