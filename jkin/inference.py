@@ -46,6 +46,9 @@ amp_light, amp_src log-uniform over ``amplitude_decades`` (+-3) around a scale m
 amp_ps             image (``amplitude_scales``)
 =================  =========================================================================
 
+Every uniform prior is a ``ProbitUniform``: the uniform density, sampled through
+z = Phi^-1((x - low) / (high - low)), whose prior is exactly N(0, 1) (see its docstring).
+
 Custom priors must keep the emulator inside its training space (``jkin.conventions``): under
 tracing the emulator does not check its inputs, and outside the space it extrapolates.
 
@@ -76,6 +79,8 @@ import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import AffineTransform, ComposeTransform, Transform, biject_to
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import initialize_model
 
@@ -87,7 +92,7 @@ __all__ = [
     "Priors", "GALAXY_SITES", "galaxy_params", "kinematics_model", "lensing_model",
     "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
     "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
-    "map_imaging_chi2",
+    "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -100,6 +105,45 @@ LENS_NUISANCE = ("gamma1_ext_offset", "gamma2_ext_offset", "x_src_offset", "y_sr
 #: The sites of the image-position stage of the blind start besides the galaxy's.
 _POSITION_SITES = ("gamma1_ext_offset", "gamma2_ext_offset", "x_src_offset", "y_src_offset",
                    "gamma1_ext", "gamma2_ext", "x_src", "y_src")
+
+
+class _ProbitInterval(constraints._Interval):
+    """An interval reached from the real line through the standard normal CDF (registered
+    below with ``biject_to``)."""
+
+
+class _NormalCDF(Transform):
+    domain = constraints.real
+    codomain = constraints.unit_interval
+
+    def __call__(self, x):
+        return jax.scipy.special.ndtr(x)
+
+    def _inverse(self, y):
+        return jax.scipy.special.ndtri(y)
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        return -0.5 * x**2 - 0.5 * math.log(2.0 * math.pi)
+
+
+@biject_to.register(_ProbitInterval)
+def _probit_bijection(constraint):
+    scale = constraint.upper_bound - constraint.lower_bound
+    return ComposeTransform([_NormalCDF(), AffineTransform(
+        constraint.lower_bound, scale, domain=constraints.unit_interval)])
+
+
+class ProbitUniform(dist.Uniform):
+    """``Uniform(low, high)`` whose unconstrained coordinate (for MAP, Laplace and NUTS) is
+    z = Phi^-1((x - low) / (high - low)) instead of numpyro's logit: the prior in z is then
+    exactly N(0, 1), and a posterior piled against a bound (R_sersic at theta_E, beta_z at its
+    edge) keeps a Gaussian tail in z where the logit gives an exponential one, reaching ~5 units
+    past the bulk, which NUTS crossed in long trees and few effective draws. The density in x is
+    the uniform's: only the parametrisation of the sampler changes."""
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return _ProbitInterval(self.low, self.high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,18 +207,18 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
     """Sample the 13 shared parameters (NumPyro sites named as ``GALAXY_SITES``)."""
     p = {}
     for name in ("theta_E", "gamma", "q_mass", "q_light"):
-        p[name] = priors.site(name, dist.Uniform(*_bounds(name)))
+        p[name] = priors.site(name, ProbitUniform(*_bounds(name)))
     if "R_sersic" in priors.overrides:
         p["R_sersic"] = priors.site("R_sersic", None)
     else:
-        frac = priors.site("R_sersic_frac", dist.Uniform(*cv.R_SERSIC_FRACTION))
+        frac = priors.site("R_sersic_frac", ProbitUniform(*cv.R_SERSIC_FRACTION))
         p["R_sersic"] = numpyro.deterministic("R_sersic", _r_sersic(p["theta_E"], frac))
     for name in ("n_sersic", "beta_z"):
-        p[name] = priors.site(name, dist.Uniform(*_bounds(name)))
+        p[name] = priors.site(name, ProbitUniform(*_bounds(name)))
     if "inclination" in priors.overrides:
         p["inclination"] = priors.site("inclination", None)
     else:
-        v = priors.site("inclination_frac", dist.Uniform(0.0, 1.0))
+        v = priors.site("inclination_frac", ProbitUniform(0.0, 1.0))
         p["inclination"] = numpyro.deterministic(
             "inclination", _inclination(p["q_mass"], p["q_light"], v))
     if "phi" in priors.overrides:
@@ -189,9 +233,9 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
         p["phi"] = numpyro.deterministic("phi", _phi(vec))
     for name, c in zip(("x_c", "y_c"), priors.centre):
         w = priors.centre_half_width
-        p[name] = priors.site(name, dist.Uniform(c - w, c + w))
-    p["D_dt"] = priors.site("D_dt", dist.Uniform(*priors.D_dt_range))
-    p["D_d"] = priors.site("D_d", dist.Uniform(*priors.D_d_range))
+        p[name] = priors.site(name, ProbitUniform(c - w, c + w))
+    p["D_dt"] = priors.site("D_dt", ProbitUniform(*priors.D_dt_range))
+    p["D_d"] = priors.site("D_d", ProbitUniform(*priors.D_d_range))
     return p
 
 
@@ -276,12 +320,12 @@ def _shear_and_source_position(priors, p, lens_data) -> dict:
     direct = any(n in priors.overrides for n in shear_names)
     for name in shear_names:
         key = name if direct else name + "_offset"
-        v[key] = priors.site(key, dist.Uniform(-g, g))
+        v[key] = priors.site(key, ProbitUniform(-g, g))
     for name in ("x_src", "y_src"):
         if name in priors.overrides:
             v[name] = priors.site(name, None)
         else:
-            v[name + "_offset"] = priors.site(name + "_offset", dist.Uniform(-w, w))
+            v[name + "_offset"] = priors.site(name + "_offset", ProbitUniform(-w, w))
     for name, value in _lens_deterministics(v, lens_data).items():
         v[name] = numpyro.deterministic(name, value)
     return {k: v[k] for k in shear_names + ("x_src", "y_src")}
@@ -308,8 +352,8 @@ def lensing_model(lens_data, priors: Priors = Priors(), theta=None, *,
     d = priors.amplitude_decades
     p["amp_light"] = priors.site("amp_light", _log_uniform(scales["amp_light"], d))
     p["amp_src"] = priors.site("amp_src", _log_uniform(scales["amp_src"], d))
-    p["R_sersic_src"] = priors.site("R_sersic_src", dist.Uniform(*priors.R_sersic_src_range))
-    p["n_sersic_src"] = priors.site("n_sersic_src", dist.Uniform(*priors.n_sersic_src_range))
+    p["R_sersic_src"] = priors.site("R_sersic_src", ProbitUniform(*priors.R_sersic_src_range))
+    p["n_sersic_src"] = priors.site("n_sersic_src", ProbitUniform(*priors.n_sersic_src_range))
     ps = _log_uniform(scales["amp_ps"], d)
     if config.point_source_amplitudes == "free":
         ps = ps.expand([lens_data.n_images]).to_event(1)

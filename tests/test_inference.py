@@ -223,6 +223,30 @@ def test_nuts_recovers_a_two_parameter_problem():
     assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
 
 
+def test_probit_uniform_latent_is_standard_normal():
+    # the bijection R -> (low, high) is low + (high - low) Phi(z): the uniform prior pushed back
+    # to z is exactly N(0, 1) (log density + log Jacobian = normal log pdf), against scipy
+    from numpyro.distributions.transforms import biject_to
+
+    d = inf.ProbitUniform(0.5, 1.0)
+    t = biject_to(d.support)
+    z = jnp.linspace(-5.0, 5.0, 11)
+    u = t(z)
+    np.testing.assert_allclose(u, 0.5 + 0.5 * stats.norm.cdf(np.asarray(z)), rtol=1e-6)
+    inner = np.abs(np.asarray(z)) <= 4.0  # float32 resolves 1 - u down to ~1e-7 only
+    np.testing.assert_allclose(np.asarray(t.inv(u))[inner], np.asarray(z)[inner], atol=2e-3)
+    logp = d.log_prob(u) + t.log_abs_det_jacobian(z, u)
+    np.testing.assert_allclose(logp, stats.norm.logpdf(np.asarray(z)), atol=1e-5)
+    # every bounded galaxy site of the models is sampled through it
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(inf.galaxy_params, 0)).get_trace()
+    bounded = [k for k, site in tr.items() if site["type"] == "sample"
+               and isinstance(site["fn"], dist.Uniform)]
+    assert set(bounded) == {"theta_E", "gamma", "q_mass", "q_light", "R_sersic_frac",
+                            "n_sersic", "beta_z", "inclination_frac", "x_c", "y_c", "D_dt",
+                            "D_d"}
+    assert all(isinstance(tr[k]["fn"], inf.ProbitUniform) for k in bounded)
+
+
 def test_pooled_mass_matrix_widens_only():
     # draws wider than the Laplace covariance along one (rotated) direction, narrower along
     # another: the result takes the draws' variance along the first and keeps the Laplace one
