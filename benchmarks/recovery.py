@@ -71,11 +71,16 @@ def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
 def run_system(configs, echo=False) -> list[str]:
     """The fits of one system, in order (configs are read only when their turn comes, so that
     ``init_from`` can point at a fit of the same run)."""
+    import jax
+
     from jkin.fitting import run_fit
 
     lines = []
     for cfg in configs:
         r = run_fit(cfg, progress=False)
+        # session 7: one process ran 5 joint fits (pooled mass matrix, parallel chains), then
+        # LLVM failed to map memory for the 6th's compilation; drop the compiled programs
+        jax.clear_caches()
         lines.append(f"{r['name']}: {r['wall_s']:.0f} s, max R-hat {r['max_rhat']:.3f}")
         if echo:
             print(lines[-1], flush=True)
