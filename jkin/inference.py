@@ -68,6 +68,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -81,7 +82,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import AffineTransform, ComposeTransform, Transform, biject_to
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import MCMC, NUTS, hmc_util
 from numpyro.infer.util import initialize_model
 
 from jkin import conventions as cv
@@ -882,6 +883,8 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
       stall (demo quad, 150 + 150 draws: max R-hat 2.3 with it, 1.2 laplace); on the broad,
       curved kinematics-only posterior it helped (demo: max R-hat 1.59 laplace, 1.10 adapted).
     - "auto" (default): "pooled" with imaging, "adapt" without.
+    Under a fixed matrix ("laplace", both stages of "pooled") the step size is adapted over the
+    whole warm-up (``one_adaptation_window``).
     ``chain_method``: numpyro's, or "auto" (``chain_method_for``).
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
     if mass_matrix not in MASS_MATRICES:
@@ -912,6 +915,43 @@ def _callback_x64(on: bool):
         yield
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+# numpyro adapts the step size in Stan's windows even when the mass matrix is fixed: at the end
+# of each middle window it restarts dual averaging, so the final step size is the average of the
+# last window alone (10% of the warm-up: 5 iterations of the 50 of "pooled"'s first stage). On a
+# 25-d Gaussian with its exact mass matrix, 50 warm-up iterations, 8 chains: final step sizes
+# 0.34-1.03 (acceptance 0.59-0.96) with the windows, 0.55-0.68 (0.83-0.89) in one window. In the
+# recovery's joint fits the two chains of a fit ended 2x apart in leapfrog steps per draw (7 and
+# 15, 31 and 63), and parallel chains wait for the slower one.
+_adaptation = threading.local()
+
+
+_numpyro_adaptation_schedule = hmc_util.build_adaptation_schedule
+
+
+def _build_adaptation_schedule(num_steps):
+    if getattr(_adaptation, "one_window", False):
+        return [hmc_util.AdaptWindow(0, num_steps - 1)]
+    return _numpyro_adaptation_schedule(num_steps)
+
+
+# warmup_adapter looks the schedule up in its module at each call; outside
+# one_adaptation_window this is numpyro's own
+hmc_util.build_adaptation_schedule = _build_adaptation_schedule
+
+
+@contextlib.contextmanager
+def one_adaptation_window(on: bool = True):
+    """Within it (in this thread), NUTS warm-ups adapt the step size by dual averaging over the
+    whole warm-up, without numpyro's restarts at Stan's window ends (which only serve a mass
+    matrix being adapted). For a fixed mass matrix."""
+    before = getattr(_adaptation, "one_window", False)
+    _adaptation.one_window = on
+    try:
+        yield
+    finally:
+        _adaptation.one_window = before
 
 
 def pooled_mass_matrix(draws, laplace_cov: np.ndarray) -> np.ndarray:
@@ -1017,15 +1057,18 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
                     num_chains=num_chains, chain_method=chain_method, progress_bar=progress,
                     postprocess_fn=lambda v: v)
         key, k1 = jax.random.split(key)
-        mcmc.run(k1, init_params=init)
+        with one_adaptation_window():
+            mcmc.run(k1, init_params=init)
         warm = mcmc.get_samples(group_by_chain=True)
         flat_draws = jax.vmap(jax.vmap(lambda v: ravel_pytree(v)[0]))(warm)
         cov = pooled_mass_matrix(np.asarray(flat_draws).reshape(-1, flat.size), cov)
         init, num_warmup = mcmc.last_state.z, num_warmup - first
-    mcmc = MCMC(nuts(cov, mass_matrix == "adapt"), num_warmup=num_warmup,
+    adapt = mass_matrix == "adapt" or cov is None
+    mcmc = MCMC(nuts(cov, adapt), num_warmup=num_warmup,
                 num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                 progress_bar=progress, postprocess_fn=postprocess)
-    mcmc.run(key, init_params=init, extra_fields=("diverging", "num_steps", "accept_prob"))
+    with one_adaptation_window(not adapt):
+        mcmc.run(key, init_params=init, extra_fields=("diverging", "num_steps", "accept_prob"))
     # without progress bars numpyro runs the chains as one asynchronously dispatched loop: wait
     # for it here, so that timings measure the sampling
     jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
