@@ -735,7 +735,9 @@ def make_psf_kernel(size: int = 21, pixel_scale: float = 0.1, *, fwhm: float = 0
 
 @dataclasses.dataclass(frozen=True)
 class MockSettings:
-    """Settings of the mock image and delays (defaults: Gomer et al. 2023, Sect. 5.2).
+    """Settings of the mock image and delays: an HST-like quad with time delays, modelled on the
+    joint test of Gomer et al. (2023, Sect. 5.2); the values below are jkin's choices, not all
+    taken from the paper (its time-delay errors in particular are not checked here).
 
     Photometry as the kinematic mock's light: AB zero point 26 (1 electron/s), lens magnitude 19,
     sky 20 mag/arcsec^2; source: circular Sersic of magnitude 22.5, R_sersic 0.1", n 1; quasar of
