@@ -91,6 +91,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--systems", type=int, default=10)
+    ap.add_argument("--only", type=int, nargs="+", default=None, metavar="K",
+                    help="run only these systems (0-based; the report covers all)")
     ap.add_argument("--modes", nargs="+", default=["kinematics", "lensing", "joint"])
     ap.add_argument("--weights", default=None, help="emulator weights (default: the bundled)")
     ap.add_argument("--workers", type=int, default=1, help="Dask workers (1: in this process)")
@@ -104,6 +106,10 @@ def main():
     ap.add_argument("--kinematics-precision", choices=("float64", "float32"), default="float64",
                     help="float32: kinematics-only fits 1.7x cheaper per step; only when no "
                     "fit of another mode is left to run (one process must not mix the two)")
+    ap.add_argument("--init-from", default=None, metavar="ROOT",
+                    help="start each joint fit at the MAP of ROOT/systemNN/lensing/fit.json (an "
+                    "earlier run's lensing-only fits; default: this run's, when 'lensing' is in "
+                    "--modes)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the finished fits; run nothing")
     args = ap.parse_args()
@@ -126,12 +132,19 @@ def main():
         return report(out, truths, args.modes, None)
     jobs = []  # one list of configs per system, run in order (the joint fit starts at the
     for k, truth in enumerate(truths):  # lensing-only MAP when that fit is in the run)
+        if args.only is not None and k not in args.only:
+            continue
         paths = write_system(out, k, truth, seed=100 + k)
         d = out / f"system{k:02d}"
         todo = []
         for mode in args.modes:
             inf_mode = dict(inference)
-            if mode == "joint" and "lensing" in args.modes:
+            if mode == "joint" and args.init_from:
+                src = Path(args.init_from).resolve() / f"system{k:02d}" / "lensing"
+                if not (src / "fit.json").exists():
+                    ap.error(f"--init-from: no {src / 'fit.json'}")
+                inf_mode["init_from"] = str(src)
+            elif mode == "joint" and "lensing" in args.modes:
                 inf_mode["init_from"] = "lensing"
             if mode == "kinematics":
                 inf_mode["precision"] = args.kinematics_precision
