@@ -26,6 +26,8 @@ A configuration file (TOML; paths relative to the file)::
     num_samples = 500
     num_chains = 2
     max_tree_depth = 8
+    target_accept = 0.8               # NUTS's target acceptance probability (step size), in
+                                      # (0, 1): higher, smaller steps, fewer divergences
     chain_method = "auto"             # or numpyro's "vectorized", "sequential", "parallel";
                                       # auto: parallel with a host device per chain, else
                                       # sequential on a CPU, vectorized on a GPU
@@ -59,8 +61,8 @@ __all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "run_fi
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
-                           num_chains=2, max_tree_depth=8, chain_method="auto", z_lens=0.5,
-                           position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
+                           num_chains=2, max_tree_depth=8, target_accept=0.8,
+                           chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
                            precision="float64")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
@@ -156,6 +158,8 @@ def load_config(path) -> FitConfig:
                 "position_steps"):
         if inference[key] < 1:
             _err(path, f"inference.{key} = {inference[key]} must be >= 1")
+    if not 0 < inference["target_accept"] < 1:
+        _err(path, f"inference.target_accept = {inference['target_accept']} must be in (0, 1)")
     for key in ("num_warmup", "map_restarts"):
         if inference[key] < 0:
             _err(path, f"inference.{key} = {inference[key]} must be >= 0")
@@ -242,8 +246,8 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
     res = inf.fit(model, kwargs, seed=opts["seed"], n_starts=opts["n_starts"],
                   map_steps=opts["map_steps"], num_warmup=opts["num_warmup"],
                   num_samples=opts["num_samples"], num_chains=opts["num_chains"],
-                  max_tree_depth=opts["max_tree_depth"], chain_method=opts["chain_method"],
-                  z_lens=opts["z_lens"], position_steps=opts["position_steps"], init=init,
+                  max_tree_depth=opts["max_tree_depth"], target_accept=opts["target_accept"],
+                  chain_method=opts["chain_method"], z_lens=opts["z_lens"], position_steps=opts["position_steps"], init=init,
                   map_chi2_limit=CHI2_WARN, map_restarts=opts["map_restarts"],
                   mass_matrix=opts["mass_matrix"],
                   x64=opts["precision"] == "float64",

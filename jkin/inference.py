@@ -866,7 +866,7 @@ MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
 
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
-             chain_method: str = "auto", mass_matrix: str = "auto",
+             target_accept: float = 0.8, chain_method: str = "auto", mass_matrix: str = "auto",
              x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
@@ -885,10 +885,13 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     - "auto" (default): "pooled" with imaging, "adapt" without.
     Under a fixed matrix ("laplace", both stages of "pooled") the step size is adapted over the
     whole warm-up (``one_adaptation_window``).
+    ``target_accept``: the mean acceptance probability the step size is adapted to.
     ``chain_method``: numpyro's, or "auto" (``chain_method_for``).
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
     if mass_matrix not in MASS_MATRICES:
         raise ValueError(f"mass_matrix = {mass_matrix!r} must be one of {MASS_MATRICES}")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept = {target_accept} must be in (0, 1)")
     use = _use_x64(kwargs, x64)
     if chain_method == "auto":
         chain_method = chain_method_for(num_chains)
@@ -896,8 +899,8 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
         mass_matrix = "pooled" if "lens_data" in kwargs else "adapt"
     with _callback_x64(use and progress and chain_method == "parallel"), jax.enable_x64(use):
         return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup,
-                         num_samples, num_chains,
-                         max_tree_depth, chain_method, mass_matrix, progress)
+                         num_samples, num_chains, max_tree_depth, target_accept,
+                         chain_method, mass_matrix, progress)
 
 
 @contextlib.contextmanager
@@ -1026,7 +1029,7 @@ def _cheap_postprocess(transforms, lens_data=None):
 
 
 def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chains,
-              max_tree_depth, chain_method, mass_matrix, progress):
+              max_tree_depth, target_accept, chain_method, mass_matrix, progress):
     z = map_result["z"]
     flat, unravel = ravel_pytree(z)
     cov = laplace(map_result["potential_fn"], z)
@@ -1044,6 +1047,7 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
 
     def nuts(inverse_mass_matrix, adapt):
         return NUTS(model_fn, dense_mass=True, max_tree_depth=max_tree_depth,
+                    target_accept_prob=target_accept,
                     inverse_mass_matrix=None if inverse_mass_matrix is None
                     else jnp.asarray(inverse_mass_matrix, flat.dtype),
                     adapt_mass_matrix=adapt or inverse_mass_matrix is None)
@@ -1122,7 +1126,8 @@ class FitResult:
 
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
-        max_tree_depth: int = 8, chain_method: str = "auto", z_lens: float = cv.Z_D,
+        max_tree_depth: int = 8, target_accept: float = 0.8, chain_method: str = "auto",
+        z_lens: float = cv.Z_D,
         position_steps: int = 1000, mass_matrix: str = "auto",
         x64: bool | None = None,
         init: Mapping | None = None, map_chi2_limit: float | None = None,
@@ -1140,7 +1145,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     t1 = time.perf_counter()
     mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, max_tree_depth=max_tree_depth,
-                    chain_method=chain_method, mass_matrix=mass_matrix, x64=x64,
+                    target_accept=target_accept, chain_method=chain_method,
+                    mass_matrix=mass_matrix, x64=x64,
                     progress=progress)
     t2 = time.perf_counter()
     samples = mcmc.get_samples(group_by_chain=True)

@@ -78,6 +78,8 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
     ('mode = "kinematics"\nfoo = 1\n', "'foo'"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\nmass_matrix = "diag"\n',
      "inference.mass_matrix"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ntarget_accept = 1\n',
+     "inference.target_accept"),
     ('mode = \n', "not valid TOML"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ninit_from = "lens"\n',
      "inference.init_from"),
