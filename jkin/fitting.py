@@ -26,7 +26,7 @@ A configuration file (TOML; paths relative to the file)::
     num_samples = 500
     num_chains = 2
     max_tree_depth = 8
-    target_accept = 0.8               # NUTS's target acceptance probability (step size), in
+    target_accept = 0.9               # NUTS's target acceptance probability (step size), in
                                       # (0, 1): higher, smaller steps, fewer divergences
     chain_method = "auto"             # or numpyro's "vectorized", "sequential", "parallel";
                                       # auto: parallel with a host device per chain, else
@@ -61,7 +61,7 @@ __all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "run_fi
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
-                           num_chains=2, max_tree_depth=8, target_accept=0.8,
+                           num_chains=2, max_tree_depth=8, target_accept=0.9,
                            chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
                            precision="float64")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
@@ -344,9 +344,12 @@ def corner_plot(idata, path, *, truth=None, names=None, title=None):
     plt.close(fig)
 
 
-def _run_chain(paths, progress):
+def _run_chain(paths, progress, devices=None):
     """Fits run in order in one process; each configuration is read when its turn comes, so
-    that ``init_from`` may name an earlier fit of the chain."""
+    that ``init_from`` may name an earlier fit of the chain. ``devices``: host devices to give
+    XLA first (``use_host_devices``; a Dask worker process that has not computed yet)."""
+    if devices:
+        use_host_devices(devices)
     out = []
     for path in paths:
         r = run_fit(path, progress=progress)
@@ -356,11 +359,13 @@ def _run_chain(paths, progress):
 
 
 def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, devices: list | None = None) -> list[dict]:
     """Fit several configurations: in this process if one, else on Dask (a LocalCluster with
     ``n_workers`` single-threaded workers, or the cluster at ``scheduler``). An item may also be
     a list of configurations, run in order in one task (e.g. a joint fit ``init_from`` the
-    lensing fit before it); only the first of such a chain is checked before anything runs."""
+    lensing fit before it); only the first of such a chain is checked before anything runs.
+    ``devices``: per item, the host devices of the Dask worker that runs it (None: XLA's
+    default, one), so that its chains can run in parallel."""
     chains = [list(p) if isinstance(p, (list, tuple)) else [p] for p in paths]
     for chain in chains:  # every file that can be read now is checked before anything runs
         chain[0] = load_config(chain[0])
@@ -373,7 +378,9 @@ def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = Non
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
     client = Client(scheduler or cluster)
     try:
-        futures = [client.submit(_run_chain, c, False, pure=False) for c in chains]
+        devices = devices or [None] * len(chains)
+        futures = [client.submit(_run_chain, c, False, d, pure=False)
+                   for c, d in zip(chains, devices)]
         results = []
         for fut in as_completed(futures):
             for r in fut.result():
@@ -476,13 +483,15 @@ def demo(out="jkin-demo", *, seed: int = 0, inference: dict | None = None,
     cfgs["joint"] = write_config(out / "joint.toml", mode="joint", data=data, output="joint",
                                  inference=dict(inference, init_from="lensing"),
                                  name="demo-joint", weights=DEMO_WEIGHTS)
-    # two processes (Dask, one per core): kinematics-only in one; lensing-only then the joint fit,
-    # started at the lensing-only MAP (so it only has to move the kinematic parameters), in the other
+    # two processes (Dask): kinematics-only in one, its chains one after the other; lensing-only
+    # then the joint fit, started at the lensing-only MAP (so it only has to move the kinematic
+    # parameters), in the other, its chains in parallel on two host devices: they share the
+    # cores with the kinematics fit, then have them to themselves when it is done
     print("jkin demo: kinematics-only | lensing-only then joint, in two processes ...")
     chains = [[cfgs["kinematics"]], [cfgs["lensing"], cfgs["joint"]]]
     results = {}
     if parallel:
-        runs = run_many(chains, n_workers=2, progress=False)
+        runs = run_many(chains, n_workers=2, progress=False, devices=[1, 2])
     else:
         runs = [r for chain in chains for r in _run_chain(chain, progress)]
     for r in runs:

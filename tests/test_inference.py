@@ -304,7 +304,8 @@ def test_fixed_mass_matrix_adapts_the_step_size_in_one_window():
     def ours(model):
         m = inf.find_map(model, {}, n_starts=1, n_steps=50, progress=False)
         mcmc = inf.run_nuts(model, {}, m, num_warmup=50, num_samples=100, num_chains=8,
-                            mass_matrix="laplace", chain_method="sequential", progress=False)
+                            mass_matrix="laplace", chain_method="sequential", target_accept=0.8,
+                            progress=False)
         acc = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["accept_prob"]).mean(1)
         return np.asarray(mcmc.last_state.adapt_state.step_size), acc
 
