@@ -101,7 +101,7 @@ def main():
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--num-chains", type=int, default=2)
     ap.add_argument("--max-tree-depth", type=int, default=7)
-    ap.add_argument("--target-accept", type=float, default=0.9,
+    ap.add_argument("--target-accept", type=float, default=0.8,
                     help="NUTS's target acceptance probability")
     ap.add_argument("--n-starts", type=int, default=4, help="MAP starts per fit")
     ap.add_argument("--map-steps", type=int, default=3000, help="L-BFGS iterations per start")

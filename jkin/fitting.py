@@ -26,7 +26,7 @@ A configuration file (TOML; paths relative to the file)::
     num_samples = 500
     num_chains = 2
     max_tree_depth = 8
-    target_accept = 0.9               # NUTS's target acceptance probability (step size), in
+    target_accept = 0.8               # NUTS's target acceptance probability (step size), in
                                       # (0, 1): higher, smaller steps, fewer divergences
     chain_method = "auto"             # or numpyro's "vectorized", "sequential", "parallel";
                                       # auto: parallel with a host device per chain, else
@@ -61,7 +61,7 @@ __all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "run_fi
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
-                           num_chains=2, max_tree_depth=8, target_accept=0.9,
+                           num_chains=2, max_tree_depth=8, target_accept=0.8,
                            chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
                            precision="float64")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
@@ -404,7 +404,9 @@ DEMO_INFERENCE = dict(seed=0, n_starts=1, map_steps=2000, num_warmup=150, num_sa
 #: (theta_E against the distances), its trees fill any depth (mean 60 of 63 steps at depth 6),
 #: and each step costs ~4x a lensing one; depth 5 halves its time, float32 (its own process, so
 #: no float32/float64 mixing) makes each step 1.7x cheaper (8.2 against 13.6 ms).
-DEMO_MODE_INFERENCE = {"kinematics": dict(max_tree_depth=5, precision="float32")}
+DEMO_MODE_INFERENCE = {"kinematics": dict(max_tree_depth=5, precision="float32"),
+                       # the joint fit starts at the lensing-only MAP: half the L-BFGS budget
+                       "joint": dict(map_steps=1000)}
 #: The demo samples with the compact emulator (64 x 6; 4x cheaper than the default, test median
 #: error 0.63 km/s against 5-10% velocity errors in the data).
 DEMO_WEIGHTS = "jkin-cips-compact"
@@ -481,7 +483,8 @@ def demo(out="jkin-demo", *, seed: int = 0, inference: dict | None = None,
                                name=f"demo-{mode}", weights=DEMO_WEIGHTS)
             for mode in ("kinematics", "lensing")}
     cfgs["joint"] = write_config(out / "joint.toml", mode="joint", data=data, output="joint",
-                                 inference=dict(inference, init_from="lensing"),
+                                 inference=dict(inference, init_from="lensing",
+                                                **per_mode.get("joint", {})),
                                  name="demo-joint", weights=DEMO_WEIGHTS)
     # two processes (Dask): kinematics-only in one, its chains one after the other; lensing-only
     # then the joint fit, started at the lensing-only MAP (so it only has to move the kinematic

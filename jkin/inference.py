@@ -866,7 +866,7 @@ MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
 
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
-             target_accept: float = 0.9, chain_method: str = "auto", mass_matrix: str = "auto",
+             target_accept: float = 0.8, chain_method: str = "auto", mass_matrix: str = "auto",
              x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
@@ -886,8 +886,9 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     Under a fixed matrix ("laplace", both stages of "pooled") the step size is adapted over the
     whole warm-up (``one_adaptation_window``).
     ``target_accept``: the mean acceptance probability the step size is adapted to (numpyro's
-    default is 0.8; at 0.8 the joint fits of recovery systems 3, 6, 9 had 5-15 divergences in
-    600 draws, in the tails of the lensing parameters; system 6 at 0.9: none, 10% more steps).
+    0.8). At 0.8 the joint fits of recovery systems 3, 6, 9 had 5-15 divergences in 600 draws,
+    in the tails of the lensing parameters; system 6 at 0.9 had none for 10% more leapfrog
+    steps, but the demo's lensing and joint fits needed 1.8x more (trees one doubling deeper).
     ``chain_method``: numpyro's, or "auto" (``chain_method_for``).
     ``x64`` as in ``find_map`` (default: float64 with lensing data)."""
     if mass_matrix not in MASS_MATRICES:
@@ -1128,7 +1129,7 @@ class FitResult:
 
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
-        max_tree_depth: int = 8, target_accept: float = 0.9, chain_method: str = "auto",
+        max_tree_depth: int = 8, target_accept: float = 0.8, chain_method: str = "auto",
         z_lens: float = cv.Z_D,
         position_steps: int = 1000, mass_matrix: str = "auto",
         x64: bool | None = None,
