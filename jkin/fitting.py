@@ -62,8 +62,8 @@ _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
                            num_chains=2, max_tree_depth=8, target_accept=0.8,
-                           chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1, init_from="", mass_matrix="auto",
-                           precision="float64")
+                           chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1,
+                           init_from="", mass_matrix="auto", precision="float64")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
 MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
@@ -247,7 +247,8 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
                   map_steps=opts["map_steps"], num_warmup=opts["num_warmup"],
                   num_samples=opts["num_samples"], num_chains=opts["num_chains"],
                   max_tree_depth=opts["max_tree_depth"], target_accept=opts["target_accept"],
-                  chain_method=opts["chain_method"], z_lens=opts["z_lens"], position_steps=opts["position_steps"], init=init,
+                  chain_method=opts["chain_method"], z_lens=opts["z_lens"],
+                  position_steps=opts["position_steps"], init=init,
                   map_chi2_limit=CHI2_WARN, map_restarts=opts["map_restarts"],
                   mass_matrix=opts["mass_matrix"],
                   x64=opts["precision"] == "float64",
@@ -367,6 +368,8 @@ def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = Non
     ``devices``: per item, the host devices of the Dask worker that runs it (None: XLA's
     default, one), so that its chains can run in parallel."""
     chains = [list(p) if isinstance(p, (list, tuple)) else [p] for p in paths]
+    if devices is not None and len(devices) != len(chains):
+        raise ValueError(f"devices: {len(devices)} entries for {len(chains)} items")
     for chain in chains:  # every file that can be read now is checked before anything runs
         chain[0] = load_config(chain[0])
     if len(chains) == 1 and scheduler is None:
@@ -378,7 +381,7 @@ def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = Non
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
     client = Client(scheduler or cluster)
     try:
-        devices = devices or [None] * len(chains)
+        devices = [None] * len(chains) if devices is None else devices
         futures = [client.submit(_run_chain, c, False, d, pure=False)
                    for c, d in zip(chains, devices)]
         results = []
