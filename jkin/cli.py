@@ -2,6 +2,7 @@
 
     jkin demo [--out DIR] [--full]            the main job on a bundled default
     jkin fit CONFIG.toml [...] [--scheduler ADDRESS]
+        (both: --compile-cache DIR|off, compiled XLA programs kept for later runs)
     jkin data generate --n N --out DIR --seed S [--scheduler ADDRESS] ...
     jkin data status DIR
     jkin train RUN_DIR --data DIR [--steps N] [--max-minutes M] [--width W --layers L]
@@ -13,6 +14,7 @@ Errors in the user's input are reported in one line, without a traceback, with e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -85,16 +87,18 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from jkin.fitting import FULL_INFERENCE, demo
+    from jkin.fitting import FULL_INFERENCE, demo, use_compile_cache
 
+    use_compile_cache(args.compile_cache)
     inference = dict(FULL_INFERENCE, seed=args.seed) if args.full else None  # None: the demo's
     demo(args.out, seed=args.seed, inference=inference, progress=not args.quiet)
     return 0
 
 
 def _cmd_fit(args) -> int:
-    from jkin.fitting import run_many, use_host_devices
+    from jkin.fitting import run_many, use_compile_cache, use_host_devices
 
+    use_compile_cache(args.compile_cache)
     if len(args.config) == 1 and args.scheduler is None:  # in this process: chains in parallel
         use_host_devices()
     t0 = time.perf_counter()
@@ -105,6 +109,15 @@ def _cmd_fit(args) -> int:
               f"{r['max_rhat']:.3f}, min bulk ESS {r['min_ess_bulk']:.0f}; results in {r['output']}")
     print(f"jkin fit: {len(results)} fit(s) in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _compile_cache_option(p) -> None:
+    from jkin.fitting import DEFAULT_COMPILE_CACHE
+
+    default = os.environ.get("JKIN_COMPILE_CACHE", DEFAULT_COMPILE_CACHE)
+    p.add_argument("--compile-cache", default=default, metavar="DIR",
+                   help="keep compiled XLA programs here for later runs; 'off' for none "
+                   f"(default: $JKIN_COMPILE_CACHE or {DEFAULT_COMPILE_CACHE})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--full", action="store_true",
                       help="paper-sized sampling (4 chains x 1000) instead of the quick default")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _compile_cache_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
     fit = sub.add_parser(
@@ -131,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Dask scheduler address (default: a local cluster when > 1 config)")
     fit.add_argument("--workers", type=int, default=None, help="local Dask workers")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    _compile_cache_option(fit)
     fit.set_defaults(func=_cmd_fit)
 
     data = sub.add_parser("data", help="JAM training sets")

@@ -55,8 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "run_fit",
-           "run_many", "demo"]
+__all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "use_compile_cache",
+           "run_fit", "run_many", "demo"]
 
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
@@ -212,6 +212,35 @@ def use_host_devices(n: int | None = None) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+#: Where ``jkin fit`` and ``jkin demo`` keep compiled XLA programs unless told otherwise.
+DEFAULT_COMPILE_CACHE = "~/.cache/jkin/xla"
+
+
+def use_compile_cache(path=DEFAULT_COMPILE_CACHE, min_compile_s: float = 1.0) -> Path | None:
+    """Keep the XLA programs that took more than ``min_compile_s`` to compile in ``path`` (JAX's
+    persistent compilation cache), for this process and the Dask workers it starts later (by the
+    environment). A fit compiles its potential, Hessian and NUTS loop afresh in every process
+    (10-30 s each for an imaging model); a repeated fit of the same data and settings, or the
+    second of two chains run one after the other, loads them instead. ``path`` None or "off":
+    no cache (returns None). Call before the first compilation."""
+    import os
+
+    import jax
+
+    if path is None or str(path).lower() == "off":
+        return None
+    path = Path(path).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"compile cache {path}: cannot create it ({err.strerror})") from None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(min_compile_s)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+    return path
 
 
 def fit_inputs(cfg: FitConfig):
@@ -406,8 +435,13 @@ DEMO_INFERENCE = dict(seed=0, n_starts=1, map_steps=2000, num_warmup=150, num_sa
 #: Per-mode changes to ``DEMO_INFERENCE``: the kinematics-only posterior is broad and curved
 #: (theta_E against the distances), its trees fill any depth (mean 60 of 63 steps at depth 6),
 #: and each step costs ~4x a lensing one; depth 5 halves its time, float32 (its own process, so
-#: no float32/float64 mixing) makes each step 1.7x cheaper (8.2 against 13.6 ms).
-DEMO_MODE_INFERENCE = {"kinematics": dict(max_tree_depth=5, precision="float32"),
+#: no float32/float64 mixing) makes each step 1.7x cheaper (8.2 against 13.6 ms). The demo is
+#: CPU-bound (1.9 of 2 cores busy): 2 x (150 + 150) kinematics-only draws took a third of its
+#: CPU time (367 of 1152 s) for a chain that still does not converge at that length (R-hat 1.4);
+#: 2 x (100 + 100) keeps the demo within 10 minutes. Shorter trees would cost less per draw but,
+#: on trajectories that never turn, move less per leapfrog step.
+DEMO_MODE_INFERENCE = {"kinematics": dict(max_tree_depth=5, precision="float32",
+                                          num_warmup=100, num_samples=100),
                        # the joint fit starts at the lensing-only MAP: half the L-BFGS budget
                        "joint": dict(map_steps=1000)}
 #: The demo samples with the compact emulator (64 x 6; 4x cheaper than the default, test median

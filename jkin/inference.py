@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import threading
 import time
@@ -570,10 +569,9 @@ def _x64_kwargs(kwargs, use_x64):
 
 class _FlatPotential:
     """The potential on the flattened unconstrained latents, compiled once per potential
-    function: value and gradient, exact Hessian (forward over reverse mode), and value and
-    gradient in whitened coordinates x0 + L y (x0, L arguments, so a new whitening does not
-    recompile). The imaging Hessian takes ~17 s to compile on a CPU, and the MAP polish and NUTS
-    need it up to three times."""
+    function: value and gradient, and the exact Hessian (forward over reverse mode). The imaging
+    Hessian takes ~17 s to compile on a CPU, and the MAP polish and NUTS need it up to three
+    times."""
 
     def __init__(self, potential_fn, z_like):
         flat, self.unravel = ravel_pytree(z_like)
@@ -585,7 +583,6 @@ class _FlatPotential:
 
         self.value_and_grad = jax.jit(jax.value_and_grad(u))
         self.hessian = jax.jit(jax.hessian(u))
-        self.whitened_value_and_grad = jax.jit(jax.value_and_grad(lambda y, x0, L: u(x0 + L @ y)))
 
 
 _FLAT_POTENTIALS: list = []  # (potential_fn, _FlatPotential), the few most recent
@@ -604,26 +601,28 @@ def _flat_potential(potential_fn, z_like) -> _FlatPotential:
 
 
 class _Objective:
-    """A ``_FlatPotential`` as a scipy objective (optionally whitened: x = x0 + L y): non-finite
-    values become a large finite penalty so that the line search backs off, and the best finite
-    point ever evaluated is remembered."""
+    """A ``_FlatPotential`` as a scipy objective (optionally whitened: x = x0 + L y, gradient
+    L^T g, in numpy around the compiled value and gradient: a whitened copy of the potential
+    would be a second compilation, 10 s for the demo's joint one): non-finite values become a
+    large finite penalty so that the line search backs off, and the best finite point ever
+    evaluated is remembered."""
 
     def __init__(self, flat_potential: _FlatPotential, whitening=None):
         self.fp = flat_potential
         self.dtype = flat_potential.dtype
-        if whitening is None:
-            self._vg = flat_potential.value_and_grad
-        else:
-            x0, L = (jnp.asarray(a, self.dtype) for a in whitening)
-            self._vg = lambda y: flat_potential.whitened_value_and_grad(y, x0, L)
+        self.whitening = None if whitening is None else \
+            tuple(np.asarray(a, dtype=float) for a in whitening)
         self.reset()
 
     def reset(self):
         self.best_u, self.best_x, self.n_eval = np.inf, None, 0
 
     def __call__(self, x):
-        u, g = self._vg(jnp.asarray(x, self.dtype))
+        x_flat = x if self.whitening is None else self.whitening[0] + self.whitening[1] @ x
+        u, g = self.fp.value_and_grad(jnp.asarray(x_flat, self.dtype))
         u, g = float(u), np.asarray(g, dtype=float)
+        if self.whitening is not None:
+            g = self.whitening[1].T @ g
         self.n_eval += 1
         if not (np.isfinite(u) and np.all(np.isfinite(g))):
             return 1e30, np.zeros_like(g)
@@ -1041,15 +1040,18 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
         draws = rng.multivariate_normal(np.asarray(flat, float), cov, size=num_chains)
     else:
         draws = np.repeat(np.asarray(flat, float)[None], num_chains, axis=0)
-    transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
+    if "potential_fn" in map_result and "transforms" in map_result:
+        potential_fn, transforms = map_result["potential_fn"], map_result["transforms"]
+    else:
+        potential_fn, _, _, transforms = _potential(model, kwargs, True)
     postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"))
     init = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
-    # the data are closed over, not passed through MCMC.run (which maps over its arguments'
-    # leaves, and LensingData validates its leaves when rebuilt)
-    model_fn = functools.partial(model, **kwargs)
 
+    # NUTS on the potential (the data closed over), not on the model: numpyro would run and
+    # differentiate the whole model eagerly, op by op, to set each MCMC up (the demo's joint
+    # model: ~20 s, twice per fit)
     def nuts(inverse_mass_matrix, adapt):
-        return NUTS(model_fn, dense_mass=True, max_tree_depth=max_tree_depth,
+        return NUTS(potential_fn=potential_fn, dense_mass=True, max_tree_depth=max_tree_depth,
                     target_accept_prob=target_accept,
                     inverse_mass_matrix=None if inverse_mass_matrix is None
                     else jnp.asarray(inverse_mass_matrix, flat.dtype),

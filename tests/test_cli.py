@@ -29,10 +29,14 @@ def tiny_ifu(tmp_path_factory):
 def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
     cfg = fitting.write_config(tmp_path / "tiny.toml", mode="kinematics",
                                data={"kinematics": str(tiny_ifu)}, output="out", inference=TINY)
-    res = subprocess.run([sys.executable, "-m", "jkin.cli", "fit", str(cfg), "--quiet"],
+    cache = tmp_path / "xla"
+    res = subprocess.run([sys.executable, "-m", "jkin.cli", "fit", str(cfg), "--quiet",
+                          "--compile-cache", str(cache)],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "kinematics fit in" in res.stdout
+    # the programs that took over a second to compile (NUTS's loop at least) were kept
+    assert any(p.name.endswith("-cache") for p in cache.iterdir())
     out = tmp_path / "out"
     for name in ("posterior.nc", "summary.csv", "corner.png", "fit.json"):
         assert (out / name).stat().st_size > 0
@@ -88,9 +92,19 @@ def test_bad_config_one_line_error(body, key, tmp_path, capsys):
     (tmp_path / "ifu.fits").write_bytes(b"")
     path = tmp_path / "bad.toml"
     path.write_text(body)
-    assert cli.main(["fit", str(path)]) == 2
+    assert cli.main(["fit", str(path), "--compile-cache", "off"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and key in err and str(path) in err
+
+
+def test_compile_cache_bad_path_one_line_error(tmp_path, capsys):
+    (tmp_path / "ifu.fits").write_bytes(b"")
+    (tmp_path / "cfg.toml").write_text('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n')
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "xla"
+    assert cli.main(["fit", str(tmp_path / "cfg.toml"), "--compile-cache", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "compile cache" in err and str(bad) in err
 
 
 def test_version():
