@@ -1034,16 +1034,14 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
               max_tree_depth, target_accept, chain_method, mass_matrix, progress):
     z = map_result["z"]
     flat, unravel = ravel_pytree(z)
-    cov = laplace(map_result["potential_fn"], z)
+    potential_fn = map_result["potential_fn"]
+    cov = laplace(potential_fn, z)
     rng = np.random.default_rng(seed)
     if cov is not None:
         draws = rng.multivariate_normal(np.asarray(flat, float), cov, size=num_chains)
     else:
         draws = np.repeat(np.asarray(flat, float)[None], num_chains, axis=0)
-    if "potential_fn" in map_result and "transforms" in map_result:
-        potential_fn, transforms = map_result["potential_fn"], map_result["transforms"]
-    else:
-        potential_fn, _, _, transforms = _potential(model, kwargs, True)
+    transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
     postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"))
     init = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
 
