@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "q_light", "R_sersic", "n_sersic",
-         "D_dt")
+from recovery import LENS_NAMES as NAMES, system_truths  # the mock's lens parameters
 
 
 def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:
@@ -91,12 +90,11 @@ def main():
     from jkin import lensing
     from jkin.lensing_data import load_lensing_data
 
-    from recovery import system_truths
 
     t_all = time.perf_counter()
     truth = system_truths(args.system + 1)[args.system]
-    lens_truth = {n: truth[n] for n in NAMES}
-    base = lensing.make_mock_lensing(seed=100 + args.system, truth=lens_truth).truth
+    base = lensing.make_mock_lensing(seed=100 + args.system,
+                                     truth={n: truth[n] for n in NAMES}).truth
     print(f"system {args.system}: " + ", ".join(f"{k} {base[k]:.4g}" for k in NAMES))
     print(f"{args.n_noise} noise realisations, lensing-only MAP from the truth + Laplace\n")
     print("pull = Phi^-1(quantile of the truth in the Laplace posterior)")
@@ -106,19 +104,28 @@ def main():
         print(f"{label:>6} {r['chi2_per_pixel']:8.3f} {time.perf_counter() - t0:5.0f}  "
               + " ".join(f"{r['pulls'][k]:+8.2f}" for k in NAMES), flush=True)
 
-    stored = None
+    stored, rows = None, []
+
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps({
+                "system": args.system, "truth": {k: base[k] for k in NAMES},
+                "stored": None if stored is None else dict(stored, path=str(args.stored)),
+                "realisations": rows}, indent=1))
+
     if args.stored:
         t0 = time.perf_counter()
         stored = laplace_pulls(load_lensing_data(args.stored), base, args.n_steps,
                                args.n_draws, 0)
         show("stored", stored, t0)
-    rows = []
+        save()
     for i in range(args.n_noise):
         seed = args.noise_seed + i
         t0 = time.perf_counter()
         data = lensing.make_mock_lensing(seed=seed, truth=base).data
         rows.append(laplace_pulls(data, base, args.n_steps, args.n_draws, seed))
         show(str(seed), rows[-1], t0)
+        save()  # after each realisation: an interrupted run keeps what it measured
 
     if not rows:
         return
@@ -133,11 +140,6 @@ def main():
         inside = (np.abs(q - 0.5) < level / 2).mean(0)
         print(f"{f'in {level:.0%}':>21}  " + " ".join(f"{v:8.2f}" for v in inside))
     print(f"\nwall time {time.perf_counter() - t_all:.0f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({
-            "system": args.system, "truth": {k: base[k] for k in NAMES},
-            "stored": None if stored is None else dict(stored, path=str(args.stored)),
-            "realisations": rows}, indent=1))
 
 
 if __name__ == "__main__":

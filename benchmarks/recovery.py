@@ -28,6 +28,11 @@ from pathlib import Path
 import numpy as np
 
 
+#: the galaxy parameters the imaging + delays mock is made from (the rest come from its seed)
+LENS_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "q_light", "R_sersic",
+              "n_sersic", "D_dt")
+
+
 def system_truths(n: int, seed: int = 2023) -> list[dict]:
     from jkin import conventions as cv
     from jkin.kinematics import THETA_NAMES
@@ -61,8 +66,7 @@ def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
     if not kin_path.exists():
         mocks.make_mock_ifu(truth, seed=seed, path=kin_path)
     if not lens_path.exists():
-        lens_truth = {n: truth[n] for n in ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c",
-                                            "q_light", "R_sersic", "n_sersic", "D_dt")}
+        lens_truth = {n: truth[n] for n in LENS_NAMES}
         mock = lensing.make_mock_lensing(seed=seed, truth=lens_truth)
         save_lensing_data(lens_path, mock.data, truth=mock.truth)
     return {"kinematics": kin_path, "lensing": lens_path}
