@@ -80,7 +80,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import AffineTransform, ComposeTransform, Transform, biject_to
+from numpyro.distributions.transforms import (AffineTransform, ComposeTransform,
+                                              ParameterFreeTransform, biject_to)
 from numpyro.infer import MCMC, NUTS, hmc_util
 from numpyro.infer.util import initialize_model
 
@@ -112,7 +113,11 @@ class _ProbitInterval(constraints._Interval):
     below with ``biject_to``)."""
 
 
-class _NormalCDF(Transform):
+class _NormalCDF(ParameterFreeTransform):
+    """x -> Phi(x). Parameter-free: numpyro registers every Transform subclass as a pytree,
+    and before 0.22 only ``ParameterFreeTransform`` gave it the ``tree_flatten`` that needs
+    (a plain ``Transform`` subclass failed at import under numpyro 0.21)."""
+
     domain = constraints.real
     codomain = constraints.unit_interval
 

@@ -237,6 +237,10 @@ def test_probit_uniform_latent_is_standard_normal():
     np.testing.assert_allclose(np.asarray(t.inv(u))[inner], np.asarray(z)[inner], atol=2e-3)
     logp = d.log_prob(u) + t.log_abs_det_jacobian(z, u)
     np.testing.assert_allclose(logp, stats.norm.logpdf(np.asarray(z)), atol=1e-5)
+    # a pytree, as numpyro needs of every transform (under 0.21 a plain Transform subclass
+    # failed at import), that rebuilds to the same map
+    leaves, treedef = jax.tree_util.tree_flatten(t)
+    np.testing.assert_allclose(jax.tree_util.tree_unflatten(treedef, leaves)(z), u)
     # every bounded galaxy site of the models is sampled through it
     tr = numpyro.handlers.trace(numpyro.handlers.seed(inf.galaxy_params, 0)).get_trace()
     bounded = [k for k, site in tr.items() if site["type"] == "sample"
