@@ -1,0 +1,100 @@
+"""Cost of one NUTS step's work - value + gradient of the posterior potential - by fit mode and
+number of chains evaluated together (vmapped, as ``chain_method="vectorized"`` does on a GPU).
+
+    python benchmarks/potential_speed.py CONFIG.toml [--modes kinematics lensing joint]
+        [--chains 1 2 8 32] [--repeats 20] [--precision float64]
+
+CONFIG is a ``jkin fit`` configuration with both data files (e.g. a recovery system's
+``OUT/system02/joint.toml`` written by ``benchmarks/recovery.py``); each mode's model is built
+from it (``jkin.fitting.fit_inputs``) in the precision the fits use (float64, the emulator's
+network in float32) and differentiated at the model's initial point, chains spread around it.
+Prints per mode and chain count the median wall time of one call (compilation excluded) and per
+chain, and the potential's sequential loop iterations (``lax.scan`` / ``fori_loop`` trip counts,
+nested ones multiplied): on a GPU each iteration is at least one kernel launch, so that count,
+not the arithmetic, bounds a step's latency there. One precision per process (JAX's eager op
+cache must not see both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import time
+
+import numpy as np
+
+
+def loop_iterations(jaxpr, mult: int = 1) -> tuple[int, int]:
+    """(number of loops, sequential iterations) in a closed jaxpr, nested loops multiplied."""
+    loops = iters = 0
+    for eqn in jaxpr.eqns:
+        inner = mult
+        if eqn.primitive.name == "scan":  # an unrolled scan runs length / unroll iterations
+            length, unroll = eqn.params["length"], eqn.params.get("unroll", 1)
+            trips = 1 if unroll is True else -(-length // max(int(unroll), 1))
+            loops, iters, inner = loops + 1, iters + mult * trips, mult * trips
+        elif eqn.primitive.name == "while":  # trip count unknown: counted once
+            loops, iters = loops + 1, iters + mult
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    n, k = loop_iterations(sub, inner)
+                    loops, iters = loops + n, iters + k
+    return loops, iters
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("--modes", nargs="+", default=["kinematics", "lensing", "joint"])
+    ap.add_argument("--chains", type=int, nargs="+", default=[1, 2, 8, 32])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--precision", choices=("float64", "float32"), default="float64")
+    args = ap.parse_args()
+
+    import jax
+
+    from jkin import inference as inf
+    from jkin.fitting import fit_inputs, load_config
+
+    cfg = load_config(args.config)
+    if cfg.kinematics is None or cfg.lensing is None:
+        ap.error(f"{args.config}: needs both data files ([data] kinematics and lensing)")
+    use = args.precision == "float64"
+    dev = jax.devices()[0]
+    print(f"device: {jax.default_backend()} ({getattr(dev, 'device_kind', dev)}); "
+          f"{cfg.name}, weights {cfg.weights}, potential in {args.precision}"
+          + (" (emulator network in float32)" if use else ""))
+    print(f"{'mode':>10s} {'chains':>6s} {'ms / call':>10s} {'ms / chain':>10s} "
+          f"{'compile s':>9s} {'loops':>5s} {'loop iterations':>15s}")
+    for mode in args.modes:
+        model, kwargs = fit_inputs(dataclasses.replace(cfg, mode=mode))
+        names = inspect.signature(model).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+        with jax.enable_x64(use):
+            kw = inf._x64_kwargs(kwargs, use)
+            potential_fn, _, z0 = inf._potential(model, kw)
+            vg = jax.value_and_grad(potential_fn)
+            loops, iters = loop_iterations(jax.make_jaxpr(vg)(z0).jaxpr)
+            for n in args.chains:
+                keys = jax.random.split(jax.random.PRNGKey(0), n)
+                zs = jax.vmap(lambda k: jax.tree.map(
+                    lambda a: a + 1e-3 * jax.random.normal(k, a.shape, a.dtype), z0))(keys)
+                fn = jax.jit(jax.vmap(vg))
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(zs))
+                compile_s = time.perf_counter() - t0
+                ts = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(fn(zs))
+                    ts.append(time.perf_counter() - t0)
+                ms = 1e3 * float(np.median(ts))
+                print(f"{mode:>10s} {n:6d} {ms:10.2f} {ms / n:10.2f} {compile_s:9.1f} "
+                      f"{loops:5d} {iters:15d}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
