@@ -86,8 +86,11 @@ class CIPSConfig:
 def normalise_params(params):
     """Physical parameters (..., 8) -> network inputs z (..., 8), each about in [-1, 1]."""
     params = jnp.asarray(params)
+    params = params.astype(jnp.promote_types(params.dtype, jnp.float32))
     feats = params.at[..., 4].set(params[..., 4] / params[..., 0])
-    lo, hi = _Z_RANGES[:, 0], _Z_RANGES[:, 1]
+    # in the parameters' dtype: numpy's float64 ranges would promote float32 parameters to
+    # float64 under jax_enable_x64, and with them the whole network (3x its float32 cost)
+    lo, hi = (jnp.asarray(_Z_RANGES[:, k], feats.dtype) for k in (0, 1))
     return 2.0 * (feats - lo) / (hi - lo) - 1.0
 
 
