@@ -1,5 +1,6 @@
 #!/bin/bash
-# The GPU check of session 12 (benchmarks/results/gpu/README.md), run as one prepared script
+# The GPU check of session 12 (benchmarks/results/gpu/README.md; the two potential_speed runs
+# were added after it, for the next lease), run as one prepared script
 # from the repository root on a lent GPU machine whose image has CUDA jax but not the rest:
 #   bash benchmarks/gpu_session.sh OUTDIR [quick]
 # Expects, beside the checkout (git-ignored, carried to the machine):
@@ -49,6 +50,11 @@ run() {  # out ta systems...
     | grep -v -E "Warning|warn\(" ; pack
 }
 run ta08 0.8 2
+# the cost of one step's potential + gradient by chain count, and with XLA unrolling the loops
+PS="benchmarks/potential_speed.py $W/ta08/system02/joint.toml --chains 1 2 8 32 --repeats 20"
+timeout 120 python3 $PS 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu.txt
+XLA_FLAGS=--xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL \
+  timeout 120 python3 $PS 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu_unrolled.txt
 run ta09 0.9 9 7
 run ta08 0.8 1 3 4 5 6 8 0
 echo "== done [$SECONDS s]"
