@@ -110,7 +110,7 @@ def main():
     ap.add_argument("--n-starts", type=int, default=4, help="MAP starts per fit")
     ap.add_argument("--map-steps", type=int, default=3000, help="L-BFGS iterations per start")
     ap.add_argument("--kinematics-precision", choices=("float64", "float32"), default="float64",
-                    help="float32: kinematics-only fits 1.7x cheaper per step; only when no "
+                    help="float32: kinematics-only fits 1.4x cheaper per step; only when no "
                     "fit of another mode is left to run (one process must not mix the two)")
     ap.add_argument("--init-from", default=None, metavar="ROOT",
                     help="start each joint fit at the MAP of ROOT/systemNN/lensing/fit.json (an "
