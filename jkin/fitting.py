@@ -436,8 +436,8 @@ DEMO_INFERENCE = dict(seed=0, n_starts=1, map_steps=2000, num_warmup=150, num_sa
 #: (theta_E against the distances), its trees fill any depth (mean 60 of 63 steps at depth 6),
 #: and each step costs ~4x a lensing one; depth 5 halves its time, float32 (its own process, so
 #: no float32/float64 mixing) makes each step 1.4x cheaper (10.4 against 15.0 ms on recovery
-#: system 2, benchmarks/potential_speed.py; 1.7x before the network's float64 promotion was
-#: fixed in session 12, when the timings below were taken). The demo is
+#: system 2, benchmarks/potential_speed.py; 1.7x before session 12 fixed the network's float64
+#: promotion, and the timings below predate that fix). The demo is
 #: CPU-bound (1.9 of 2 cores busy): 2 x (150 + 150) kinematics-only draws took a third of its
 #: CPU time (367 of 1152 s) for a chain that still does not converge at that length (R-hat 1.4);
 #: 2 x (100 + 100) keeps the demo within 10 minutes. Shorter trees would cost less per draw but,
