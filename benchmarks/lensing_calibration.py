@@ -90,7 +90,6 @@ def main():
     from jkin import lensing
     from jkin.lensing_data import load_lensing_data
 
-
     t_all = time.perf_counter()
     truth = system_truths(args.system + 1)[args.system]
     base = lensing.make_mock_lensing(seed=100 + args.system,
