@@ -1,6 +1,6 @@
 #!/bin/bash
-# The GPU check of session 12 (benchmarks/results/gpu/README.md; the two potential_speed runs
-# were added after it, for the next lease), run as one prepared script
+# The GPU check of session 13 (benchmarks/results/gpu/README.md; session 12's version, which
+# timed the emulator and one fit, is in git history), run as one prepared script
 # from the repository root on a lent GPU machine whose image has CUDA jax but not the rest:
 #   bash benchmarks/gpu_session.sh OUTDIR [quick]
 # Expects, beside the checkout (git-ignored, carried to the machine):
@@ -36,9 +36,6 @@ EOF
 export PYTHONPATH=$BASE
 if ! smoke; then echo "== image versions failed; carried numpyro/flax/optax =="; export PYTHONPATH=/tmp/site2:$BASE; smoke || exit 4; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
-echo "== emulator speed [$SECONDS s]"
-timeout 60 python3 benchmarks/emulator_speed.py --repeats 10 --jam-maps 1 2>&1 | grep -v Warning | tee $OUTD/emulator_speed_gpu.txt
-timeout 60 python3 benchmarks/emulator_speed.py --weights jkin-cips-compact --repeats 10 --jam-maps 1 2>&1 | grep -v Warning | tee $OUTD/emulator_speed_gpu_compact.txt
 pack() { (cd $W && tar czf $OUTD/gpu_fits.tgz --exclude='*.fits' --exclude=corner.png .) ; }
 if [ -n "$QUICK" ]; then S="--quick"; else S="--n-starts 4 --map-steps 2000 --num-warmup 300 --num-samples 1200 --max-tree-depth 6"; fi
 COMMON="--systems 10 --modes joint --init-from benchmarks/results/recovery --workers 1 --weights jkin-cips-compact $S"
@@ -50,11 +47,21 @@ run() {  # out ta systems...
     | grep -v -E "Warning|warn\(" ; pack
 }
 run ta08 0.8 2
-# the cost of one step's potential + gradient by chain count, and with XLA unrolling the loops
-PS="benchmarks/potential_speed.py $W/ta08/system02/joint.toml --chains 1 2 8 32 --repeats 20"
-timeout 120 python3 $PS 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu.txt
-XLA_FLAGS=--xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL \
-  timeout 120 python3 $PS 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu_unrolled.txt
+# the cost of one step's potential + gradient by chain count, on the
+# config the fit wrote (the EPL series and the Newton
+# solve are loop-free since session 13)
+timeout 150 python3 benchmarks/potential_speed.py $W/ta08/system02/joint.toml --modes joint \
+  --chains 2 8 32 --repeats 20 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu.txt
+# the same fit with 8 vectorized chains of 300 draws (the same 2400 draws; a step's cost
+# hardly grows with the chain count on a GPU)
+S8=$(echo "$S" | sed 's/--num-samples 1200/--num-samples 300 --num-chains 8/')
+COMMON8="--systems 10 --modes joint --init-from benchmarks/results/recovery --workers 1 --weights jkin-cips-compact $S8"
+left=$((DEADLINE - SECONDS))
+if [ $left -gt 60 ]; then
+  echo "== joint, 8 chains, ta 0.8, system 2 [$SECONDS s, $left s left]"
+  timeout $left python3 benchmarks/recovery.py --out $W/ta08c8 --only 2 --target-accept 0.8 $COMMON8 2>&1 \
+    | grep -v -E "Warning|warn\(" ; pack
+fi
 run ta09 0.9 9 7
 run ta08 0.8 1 3 4 5 6 8 0
 echo "== done [$SECONDS s]"

@@ -69,6 +69,50 @@ MASS_CASES = [
 ]
 
 
+def test_epl_series_matches_herculens_without_a_loop(x64):
+    """``epl_omega_series`` (Horner, straight-line) equals herculens' ``R_omega`` (recurrence in
+    a ``fori_loop``) in value to 1e-13 relative and in its derivatives by q and t to 1e-11,
+    over the training space's q_mass and gamma, and traces without any sequential loop."""
+    from herculens.Util.jax_util import R_omega
+
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(rng.uniform(-3, 3, 200) + 1j * rng.uniform(-3, 3, 200))
+    for q, gamma in [(0.6, 1.5), (0.75, 2.0), (0.93, 2.5), (1.0, 2.1)]:
+        t = gamma - 1.0
+        ours, ref = L.epl_omega_series(z, t, q), R_omega(z, t, q, nmax=20)
+        np.testing.assert_allclose(ours, ref, rtol=1e-13, atol=0)
+
+        def summed(fn, q, t):
+            w = fn(z, t, q)
+            return jnp.sum(w.real * jnp.cos(jnp.abs(z)) + w.imag)
+
+        g_ours = jax.grad(lambda q, t: summed(L.epl_omega_series, q, t), (0, 1))(q, t)
+        g_ref = jax.grad(lambda q, t: summed(lambda *a: R_omega(*a, nmax=20), q, t), (0, 1))(q, t)
+        assert np.all(np.isfinite(g_ours))
+        np.testing.assert_allclose(g_ours, g_ref, rtol=1e-11, atol=1e-11)
+
+    p = MASS_CASES[0]
+
+    def deflection_sum(theta):
+        ax, ay = L.deflection(z.real, z.imag, dict(p, **theta))
+        return jnp.sum(ax + ay)
+
+    theta = dict(theta_E=1.2, gamma=2.05, q_mass=0.8)
+    prims = set(_primitives(jax.make_jaxpr(jax.value_and_grad(deflection_sum))(theta).jaxpr))
+    assert "mul" in prims and not prims & {"while", "scan"}, prims
+
+
+def _primitives(jaxpr):
+    """Names of every primitive in a jaxpr, nested ones (jit, custom_jvp, loops) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from _primitives(sub)
+
+
 @pytest.mark.parametrize("p", MASS_CASES)
 def test_mass_model_matches_lenstronomy(x64, p):
     """Deflection, convergence, potential and Fermat potential of EPL + SHEAR and EPL_Q_PHI:
