@@ -237,25 +237,38 @@ def _safe_offset(x, y, eps=_CENTRE_EPS):
 _EPL_SERIES_TERMS = 20  # herculens' nmax for the EPL deflection series
 
 
+def _unroll_loops() -> bool:
+    """Whether the lens model's short loops (the EPL series, the Newton solve) are unrolled:
+    on an accelerator, where every iteration of an XLA loop is a kernel launch and a host round
+    trip, yes; on the CPU, where a loop iteration costs nothing extra and unrolling only makes
+    the program bigger (recovery system 2's joint potential: value + gradient compiles in 14.7
+    s unrolled against 9.6 s, its Hessian in 62 s against 29 s, a NUTS step in 21 against 13 s;
+    sessions 13's benchmarks/results/gpu/README.md), no."""
+    return jax.default_backend() != "cpu"
+
+
 def epl_omega_series(z, t, q, nmax: int = _EPL_SERIES_TERMS):
     """R omega(phi) of Tessore & Metcalf (2015), eqs. (23)-(29): the angular part of the EPL
     deflection at z = q x + i y (major-axis frame), summed over ``nmax`` terms.
 
     The same series and number of terms as herculens' ``jax_util.R_omega`` (equal to it to ~1e-15
-    relative), but summed by Horner's rule in a Python loop over precomputed coefficients, so that
-    it traces into straight-line arithmetic XLA fuses into one kernel. herculens sums it in a
-    ``lax.fori_loop``: 19 sequential iterations per evaluation, 677 per call of the joint
-    potential + gradient (13 evaluations, 2 inside each of the Newton solve's 12 steps), each a
-    kernel launch and a host round trip on a GPU. On the CPU the two run equally fast; compiling
-    takes ~5 s longer. The terms fall as ((1 - q)/(1 + q))^n: at q >= 0.5 the 20th is < 1e-9 of
-    the first.
+    relative), summed by Horner's rule over precomputed coefficients in a loop that is unrolled
+    on accelerators (``_unroll_loops``). herculens sums the recurrence in a ``lax.fori_loop``: 19
+    sequential iterations per evaluation, 677 per call of the joint potential + gradient (13
+    evaluations, 2 inside each of the Newton solve's 12 steps), each a kernel launch and a host
+    round trip on a GPU: unrolled, one step of the potential + gradient for 2 chains takes 3.1
+    ms on an H200 against ~10 ms. The terms fall as ((1 - q)/(1 + q))^n: at q >= 0.5 the 20th
+    is < 1e-9 of the first.
     """
     u = z / jnp.conj(z)  # exp(2 i phi)
     n = jnp.arange(1, nmax)
     coef = jnp.cumprod(-(1.0 - q) / (1.0 + q) * (2.0 * n + t - 2.0) / (2.0 * n - t + 2.0))
-    total = coef[-1]
-    for k in range(nmax - 3, -1, -1):  # Horner: 1 + u (c_1 + u (c_2 + ...))
-        total = coef[k] + u * total
+
+    def horner(k, total):  # c_(m) + u total, m = nmax - 2 - k: 1 + u (c_1 + u (c_2 + ...))
+        return coef[nmax - 3 - k] + u * total
+
+    total = jax.lax.fori_loop(0, nmax - 2, horner, jnp.broadcast_to(coef[-1], u.shape).astype(
+        u.dtype), unroll=_unroll_loops())
     return z * (1.0 + u * total)
 
 
@@ -463,8 +476,8 @@ def _newton(xy, kw, beta, n_iter, max_step):
         norm = jnp.sqrt(jnp.sum(step * step, axis=-1, keepdims=True))
         return xy - step * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-30))
 
-    # unrolled: no sequential XLA loop (see epl_omega_series for why that matters on a GPU)
-    return jax.lax.fori_loop(0, n_iter, body, xy, unroll=True)
+    # unrolled on accelerators only (see _unroll_loops)
+    return jax.lax.fori_loop(0, n_iter, body, xy, unroll=_unroll_loops())
 
 
 def solve_lens_equation(params, x_init, y_init, *, n_iter: int = 12, max_step: float = 0.1):
