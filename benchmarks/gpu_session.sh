@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU check of session 13 (benchmarks/results/gpu/README.md; session 12's version, which
-# timed the emulator and one fit, is in git history), run as one prepared script
+# The GPU check for the next lease (session 13 ran this script before its compile-timing lines
+# were added; session 12's version, which timed the emulator, is in git history; results in
+# benchmarks/results/gpu/README.md), run as one prepared script
 # from the repository root on a lent GPU machine whose image has CUDA jax but not the rest:
 #   bash benchmarks/gpu_session.sh OUTDIR [quick]
 # Expects, beside the checkout (git-ignored, carried to the machine):
@@ -47,11 +48,12 @@ run() {  # out ta systems...
     | grep -v -E "Warning|warn\(" ; pack
 }
 run ta08 0.8 2
-# the cost of one step's potential + gradient by chain count, on the
-# config the fit wrote (the EPL series and the Newton
-# solve are loop-free since session 13)
-timeout 150 python3 benchmarks/potential_speed.py $W/ta08/system02/joint.toml --modes joint \
-  --chains 2 8 32 --repeats 20 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu.txt
+# the cost of one step's potential + gradient by chain count, and what the fit's programs take
+# to compile, as is and without XLA's GPU autotuning (on the config the fit wrote)
+PS="benchmarks/potential_speed.py $W/ta08/system02/joint.toml --modes joint --chains 2 8 --repeats 20 --compile"
+timeout 240 python3 $PS 2>&1 | grep -v Warning | tee $OUTD/potential_speed_gpu.txt
+XLA_FLAGS=--xla_gpu_autotune_level=0 timeout 240 python3 $PS 2>&1 | grep -v Warning \
+  | tee $OUTD/potential_speed_gpu_noautotune.txt
 # the same fit with 8 vectorized chains of 300 draws (the same 2400 draws; a step's cost
 # hardly grows with the chain count on a GPU)
 S8=$(echo "$S" | sed 's/--num-samples 1200/--num-samples 300 --num-chains 8/')

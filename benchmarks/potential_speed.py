@@ -13,6 +13,10 @@ chain, and the potential's sequential loop iterations (``lax.scan`` / ``fori_loo
 nested ones multiplied): on a GPU each iteration is at least one kernel launch, so that count,
 not the arithmetic, bounds a step's latency there. One precision per process (JAX's eager op
 cache must not see both).
+
+``--compile`` adds, per mode, the compilation and one run of the other two programs a fit
+compiles: the exact Hessian that ``inference.laplace`` takes (MAP polish, NUTS mass matrix) and
+one NUTS transition (dense mass matrix, tree depth 6) on the potential.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def main():
     ap.add_argument("--chains", type=int, nargs="+", default=[1, 2, 8, 32])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--precision", choices=("float64", "float32"), default="float64")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time compiling the Hessian and one NUTS transition")
     args = ap.parse_args()
 
     import jax
@@ -94,6 +100,38 @@ def main():
                 ms = 1e3 * float(np.median(ts))
                 print(f"{mode:>10s} {n:6d} {ms:10.2f} {ms / n:10.2f} {compile_s:9.1f} "
                       f"{loops:5d} {iters:15d}", flush=True)
+            if args.compile:
+                for what, fn, arg in compile_targets(inf, potential_fn, z0):
+                    compile_s, ms = _timed(fn, arg)
+                    print(f"{mode:>10s} {what:>26s}: compile {compile_s:6.1f} s, then "
+                          f"{ms:8.1f} ms", flush=True)
+
+
+def _timed(fn, arg):
+    """(compile + first call [s], second call [ms])."""
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(arg))
+    t1 = time.perf_counter()
+    jax.block_until_ready(fn(arg))
+    return t1 - t0, 1e3 * (time.perf_counter() - t1)
+
+
+def compile_targets(inf, potential_fn, z0) -> list:
+    """(name, function, argument): the flat potential's value + gradient for one chain (what the
+    MAP stage runs), its exact Hessian, one NUTS transition."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer import NUTS
+
+    fp = inf._FlatPotential(potential_fn, z0)
+    flat = ravel_pytree(z0)[0]
+    kernel = NUTS(potential_fn=potential_fn, dense_mass=True, max_tree_depth=6)
+    state = kernel.init(jax.random.PRNGKey(0), 10, z0, model_args=(), model_kwargs={})
+    return [("value + gradient (1 chain)", fp.value_and_grad, flat),
+            ("Hessian (exact)", fp.hessian, flat),
+            ("NUTS transition", jax.jit(lambda st: kernel.sample(st, (), {})), state)]
 
 
 if __name__ == "__main__":
