@@ -243,7 +243,7 @@ def _unroll_loops() -> bool:
     trip, yes; on the CPU, where a loop iteration costs nothing extra and unrolling only makes
     the program bigger (recovery system 2's joint potential: value + gradient compiles in 14.7
     s unrolled against 9.6 s, its Hessian in 62 s against 29 s, a NUTS step in 21 against 13 s;
-    sessions 13's benchmarks/results/gpu/README.md), no."""
+    session 13's benchmarks/results/gpu/README.md), no."""
     return jax.default_backend() != "cpu"
 
 
@@ -291,7 +291,7 @@ class EPLQPhi(EPL):
     Same physics as ``EPL`` (lenstronomy's EPL convention): kappa = (3 - gamma)/2 *
     [theta_E / sqrt(q x'^2 + y'^2/q)]^(gamma - 1). Taking q and phi directly avoids the
     (e1, e2) -> (phi, q) round trip whose gradient is NaN at q = 1; points at the centre are
-    regularised (``_safe_offset``). The deflection series is ``epl_omega_series`` (no loop).
+    regularised (``_safe_offset``). The deflection series is ``epl_omega_series``.
     """
 
     param_names = ["theta_E", "gamma", "q", "phi", "center_x", "center_y"]
@@ -468,8 +468,6 @@ def _solve2(jac, f):
 def _newton(xy, kw, beta, n_iter, max_step):
     xy = xy.astype(jnp.result_type(xy, *jax.tree.leaves((kw, beta))))
 
-    # a Python loop (n_iter is static): straight-line code, no sequential XLA loop (see
-    # epl_omega_series for why that matters on a GPU)
     def body(_, xy):
         f, jac = _residual_jacobian(xy, kw, beta)
         step = _solve2(jac, f)
