@@ -100,14 +100,16 @@ def test_epl_series_matches_herculens_and_unrolls(x64, monkeypatch):
 
     theta = dict(theta_E=1.2, gamma=2.05, q_mass=0.8)
     vg = jax.value_and_grad(deflection_sum)
-    rolled = vg(theta)
-    assert "stablehlo.while" in jax.jit(vg).lower(theta).as_text()  # the CPU's default
-    monkeypatch.setattr(L, "_unroll_loops", lambda: True)
-    jax.clear_caches()  # herculens jits inside: retrace
-    assert "stablehlo.while" not in jax.jit(vg).lower(theta).as_text()
-    unrolled = vg(theta)
+    results = {}
+    for unroll in (False, True):  # the CPU's default, then an accelerator's
+        monkeypatch.setattr(L, "_unroll_loops", lambda: unroll)
+        jax.clear_caches()  # herculens jits inside: retrace
+        has_loop = "stablehlo.while" in jax.jit(vg).lower(theta).as_text()
+        assert has_loop != unroll
+        results[unroll] = vg(theta)
     monkeypatch.undo()
-    jax.clear_caches()  # later tests trace the CPU's default again
+    jax.clear_caches()  # later tests trace this backend's default again
+    rolled, unrolled = results[False], results[True]
     np.testing.assert_allclose(jax.tree.leaves(unrolled), jax.tree.leaves(rolled), rtol=1e-13)
 
 
