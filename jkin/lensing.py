@@ -272,7 +272,7 @@ def epl_omega_series(z, t, q, nmax: int = _EPL_SERIES_TERMS):
     return z * (1.0 + u * total)
 
 
-class _EPLMajorAxisStraight(EPLMajorAxis):
+class _EPLMajorAxisHorner(EPLMajorAxis):
     """herculens' ``EPLMajorAxis`` (complex branch) with ``epl_omega_series`` for its series;
     ``function`` and ``hessian`` are herculens' own, built on this ``derivatives``."""
 
@@ -298,7 +298,7 @@ class EPLQPhi(EPL):
 
     def __init__(self):
         super().__init__(no_complex_numbers=False)
-        self.epl_major_axis = _EPLMajorAxisStraight()
+        self.epl_major_axis = _EPLMajorAxisHorner()
 
     @staticmethod
     def _frame(x, y, theta_E, gamma, q, phi, center_x, center_y):

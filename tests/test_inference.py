@@ -89,12 +89,6 @@ def test_kinematics_model_log_density_by_hand(kin_data):
     assert float(ld) == pytest.approx(want, rel=1e-5)
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
     """In float64: the float32 log density of the imaging, summed over 4900 pixels with bright
     quasar images, moves by ~3e-5 relative with the order of float32 operations alone (herculens'

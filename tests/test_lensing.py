@@ -35,12 +35,6 @@ def mock():
     return L.make_mock_lensing(3, settings=SMALL)
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _lenstronomy_kwargs(p):
     """lenstronomy kwargs (EPL + SHEAR, SERSIC_ELLIPSE lens light and source) of jkin params."""
     e1, e2 = phi_q2_ellipticity(np.radians(p["phi"]), p["q_mass"])
