@@ -1,0 +1,149 @@
+"""Is the posterior potential's gradient continuous? A scan along the whitened principal
+directions through a fit's MAP, and the model sites that hold any jump.
+
+    python benchmarks/gradient_smoothness.py CONFIG.toml FIT.json [--points 201]
+        [--halfwidth 1.0] [--sites 2] [--png FILE]
+
+CONFIG is a ``jkin fit`` configuration (e.g. a recovery system's ``joint.toml``) and FIT.json
+that fit's output (its ``map_latent`` is the point scanned). The potential is the one the fit
+samples (float64, emulator network in float32). Directions are the eigenvectors of the exact
+Hessian at the MAP, scaled to one Laplace sd (``e_k = v_k / sqrt(lambda_k)``), so that for a
+Gaussian posterior the gradient along a direction, ``g(t) = e . grad U(z_MAP + t e)``, is t.
+
+A jump J of g at one grid point shows as second differences of +-J, against ~``dt^2 g'''`` for a
+smooth g: the table gives per direction the largest |second difference| and where. HMC's
+leapfrog integrator assumes a smooth gradient: a step of size eps across a jump J errs in energy
+by ~J eps^2 / 4 (against ~0.1-1 at the usual acceptance), and a finite-difference Hessian with
+step h by ~J / h. For the ``--sites`` directions with the largest jump, the scan is repeated on a
+20x finer grid around it, split by model site: the directional derivative of each site's log
+density (the priors of the sample sites, the ``lensing`` and ``vrms`` likelihood factors), as
+its largest |second difference| and that over its median: the site that holds the jump shows
+it whole, the others show only float rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import time
+
+import numpy as np
+
+
+def second_difference_peak(values, ts):
+    """(largest |second difference| along axis 0, the t where it sits, its median)."""
+    d2 = np.abs(np.diff(np.asarray(values, dtype=float), 2, axis=0))
+    j = np.argmax(d2, axis=0)
+    return d2.max(axis=0), ts[1:-1][j], np.median(d2, axis=0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("fit_json")
+    ap.add_argument("--points", type=int, default=201)
+    ap.add_argument("--halfwidth", type=float, default=1.0, help="scan +- this many Laplace sd")
+    ap.add_argument("--sites", type=int, default=2,
+                    help="directions (largest jumps first) to resolve by model site")
+    ap.add_argument("--png", default=None, help="plot g(t) - t of those directions here")
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import constrain_fn, log_density
+
+    from jkin import inference as inf
+    from jkin.fitting import fit_inputs, load_config
+
+    cfg = load_config(args.config)
+    fit = json.load(open(args.fit_json))
+    model, kwargs = fit_inputs(cfg)
+    names = inspect.signature(model).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in names}
+    print(f"{cfg.name} ({cfg.mode}), weights {cfg.weights}; MAP of {args.fit_json}")
+    with jax.enable_x64(True):
+        kw = inf._x64_kwargs(kwargs, True)
+        potential_fn, _, z0, transforms = inf._potential(model, kw, True)
+        z = inf._unconstrain(transforms, {k: np.asarray(v) for k, v in fit["map_latent"].items()
+                                          if k in z0})
+        flat, unravel = ravel_pytree(z)
+        fp = inf._flat_potential(potential_fn, z)
+        h = np.asarray(fp.hessian(flat), dtype=float)
+        lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+        if lam.min() <= 0:
+            print(f"note: Hessian not positive definite at the MAP (min eigenvalue {lam.min():.3g});"
+                  " |eigenvalues| used")
+        lam = np.maximum(np.abs(lam), 1e-3)
+        dirs = vec / np.sqrt(lam)
+        labels = [k for k, v in z.items() for _ in range(max(1, np.size(v)))]
+
+        def g_along(e, ts):
+            return np.array([float(jnp.dot(fp.value_and_grad(flat + t * e)[1], e)) for t in ts])
+
+        ts = np.linspace(-args.halfwidth, args.halfwidth, args.points)
+        dt = ts[1] - ts[0]
+        t0 = time.perf_counter()
+        print(f"\nscan: {args.points} points in t = +-{args.halfwidth} Laplace sd (dt {dt:.3g}); "
+              "g(t) = t for a Gaussian")
+        print(f"{'dir':>3s} {'curvature':>10s} {'largest component':>18s} {'max |d2 g|':>10s} "
+              f"{'at t':>7s} {'median |d2 g|':>13s} {'mean slope':>10s}")
+        rows, curves = [], []
+        for k in range(dirs.shape[1]):
+            g = g_along(dirs[:, k], ts)
+            peak, where, med = second_difference_peak(g, ts)
+            main_label = labels[int(np.argmax(np.abs(vec[:, k])))]
+            slope = (g[-1] - g[0]) / (ts[-1] - ts[0])
+            rows.append((k, float(peak), float(where)))
+            curves.append(g)
+            print(f"{k:3d} {lam[k]:10.3g} {main_label:>18s} {peak:10.3g} {where:+7.3f} {med:13.2g} "
+                  f"{slope:10.3f}", flush=True)
+        print(f"({time.perf_counter() - t0:.0f} s)")
+
+        def site_log_densities(x):
+            params = constrain_fn(model, (), kw, unravel(x))
+            _, trace = log_density(model, (), kw, params)
+            return {name: jnp.sum(site["fn"].log_prob(site["value"]))
+                    for name, site in trace.items() if site["type"] == "sample"}
+
+        @jax.jit
+        def site_slopes(x, e):  # d/dt of each site's log density along e
+            return jax.jvp(site_log_densities, (x,), (e,))[1]
+
+        worst = sorted(rows, key=lambda r: -r[1])[: args.sites]
+        for k, peak, where in worst:
+            fine = np.linspace(where - 0.1, where + 0.1, 401)
+            e = jnp.asarray(dirs[:, k])
+            vals = [jax.tree.map(float, site_slopes(flat + t * e, e)) for t in fine]
+            print(f"\ndirection {k} (jump {peak:.3g} at t = {where:+.3f}), split by site on "
+                  f"t = {where:+.3f} +- 0.1 (dt {fine[1] - fine[0]:.1e}): largest |second "
+                  "difference| of d(log p)/dt, where, and over its median")
+            ranked = []
+            for name in vals[0]:
+                p, w, m = second_difference_peak([r[name] for r in vals], fine)
+                ranked.append((float(p), name, float(w), float(p / max(m, 1e-300))))
+            for p, name, w, ratio in sorted(ranked, reverse=True)[:5]:
+                print(f"  {'log p(' + name + ')':>28s} {p:10.3g}  at t = {w:+.4f}  ({ratio:.3g} x median)")
+
+        if args.png:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, axes = plt.subplots(1, len(worst), figsize=(5 * len(worst), 3.6), squeeze=False)
+            for ax, (k, peak, where) in zip(axes[0], worst):
+                ax.plot(ts, curves[k] - ts, lw=1)
+                ax.axvline(where, color="0.6", ls=":")
+                ax.set_xlabel("t [Laplace sd along direction %d]" % k)
+                ax.set_ylabel("g(t) - t")
+                ax.set_title(f"{cfg.name}: direction {k}, jump {peak:.2g}", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(args.png, dpi=120)
+            print(f"\nwrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
