@@ -2,7 +2,7 @@
 directions through a fit's MAP, and the model sites that hold any jump.
 
     python benchmarks/gradient_smoothness.py CONFIG.toml FIT.json [--points 201]
-        [--halfwidth 1.0] [--sites 2] [--png FILE]
+        [--halfwidth 1.0] [--directions N] [--sites 2] [--png FILE] [--posterior FILE.nc]
 
 CONFIG is a ``jkin fit`` configuration (e.g. a recovery system's ``joint.toml``) and FIT.json
 that fit's output (its ``map_latent`` is the point scanned). The potential is the one the fit
@@ -19,6 +19,11 @@ step h by ~J / h. For the ``--sites`` directions with the largest jump, the scan
 density (the priors of the sample sites, the ``lensing`` and ``vrms`` likelihood factors), as
 its largest |second difference| and that over its median: the site that holds the jump shows
 it whole, the others show only float rounding.
+
+``--posterior`` (the fit's ``posterior.nc``) adds how far the sampled posterior is from the
+Laplace approximation the scan is built on: the draws' covariance in Laplace-whitened
+coordinates, as sd ratios per principal direction (1: Laplace right; NUTS' "pooled" mass matrix
+widens those above 1), and the distance of the posterior mean from the MAP in Laplace sd.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ def main():
     ap.add_argument("fit_json")
     ap.add_argument("--points", type=int, default=201)
     ap.add_argument("--halfwidth", type=float, default=1.0, help="scan +- this many Laplace sd")
+    ap.add_argument("--directions", type=int, default=None,
+                    help="scan only the N least-constrained directions (default: all)")
+    ap.add_argument("--posterior", default=None, help="the fit's posterior.nc (see above)")
     ap.add_argument("--sites", type=int, default=2,
                     help="directions (largest jumps first) to resolve by model site")
     ap.add_argument("--png", default=None, help="plot g(t) - t of those directions here")
@@ -91,7 +99,7 @@ def main():
         print(f"{'dir':>3s} {'curvature':>10s} {'largest component':>18s} {'max |d2 g|':>10s} "
               f"{'at t':>7s} {'median |d2 g|':>13s} {'mean slope':>10s}")
         rows, curves = [], []
-        for k in range(dirs.shape[1]):
+        for k in range(dirs.shape[1] if args.directions is None else args.directions):
             g = g_along(dirs[:, k], ts)
             peak, where, med = second_difference_peak(g, ts)
             main_label = labels[int(np.argmax(np.abs(vec[:, k])))]
@@ -126,6 +134,27 @@ def main():
                 ranked.append((float(p), name, float(w), float(p / max(m, 1e-300))))
             for p, name, w, ratio in sorted(ranked, reverse=True)[:5]:
                 print(f"  {'log p(' + name + ')':>28s} {p:10.3g}  at t = {w:+.4f}  ({ratio:.3g} x median)")
+
+        if args.posterior:
+            import arviz as az
+
+            post = az.from_netcdf(args.posterior).posterior
+            n = post.sizes["chain"] * post.sizes["draw"]
+            draws = {k: np.asarray(post[k]).reshape((n,) + np.shape(z[k])) for k in z}
+            zs = np.asarray(jax.vmap(lambda v: ravel_pytree(inf._unconstrain(transforms, v))[0])(
+                draws))
+            cov = dirs @ dirs.T  # inference.laplace's covariance
+            chol = np.linalg.cholesky(cov)
+            y = np.linalg.solve(chol, (zs - zs.mean(axis=0)).T).T
+            mu, w = np.linalg.eigh(np.cov(y, rowvar=False))
+            sd = np.sqrt(np.diag(cov))
+            print(f"\nposterior ({n} draws) against the Laplace approximation: sd ratio per "
+                  "principal direction of the draws' whitened covariance")
+            for m_k, w_k in zip(mu, w.T):
+                dz = chol @ w_k
+                print(f"  {np.sqrt(m_k):7.3f}  {labels[int(np.argmax(np.abs(dz) / sd))]}")
+            shift = np.linalg.solve(chol, zs.mean(axis=0) - np.asarray(flat))
+            print(f"posterior mean - MAP: {np.linalg.norm(shift):.2f} Laplace sd")
 
         if args.png:
             import matplotlib
