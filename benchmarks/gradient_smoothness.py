@@ -29,9 +29,6 @@ widens those above 1), and the distance of the posterior mean from the MAP in La
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
-import json
 import time
 
 import numpy as np
@@ -60,36 +57,25 @@ def main():
 
     import jax
     import jax.numpy as jnp
-    from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import constrain_fn, log_density
 
-    from jkin import inference as inf
-    from jkin.fitting import fit_inputs, load_config
+    from jkin.fitting import config_potential, load_config, load_map
 
     cfg = load_config(args.config)
-    fit = json.load(open(args.fit_json))
-    model, kwargs = fit_inputs(cfg)
-    names = inspect.signature(model).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in names}
+    pot = config_potential(cfg)
     print(f"{cfg.name} ({cfg.mode}), weights {cfg.weights}; MAP of {args.fit_json}")
-    with jax.enable_x64(True):
-        kw = inf._x64_kwargs(kwargs, True)
-        potential_fn, _, z0, transforms = inf._potential(model, kw, True)
-        z = inf._unconstrain(transforms, {k: np.asarray(v) for k, v in fit["map_latent"].items()
-                                          if k in z0})
-        flat, unravel = ravel_pytree(z)
-        fp = inf._flat_potential(potential_fn, z)
-        h = np.asarray(fp.hessian(flat), dtype=float)
-        lam, vec = np.linalg.eigh(0.5 * (h + h.T))
-        if lam.min() <= 0:
-            print(f"note: Hessian not positive definite at the MAP (min eigenvalue {lam.min():.3g});"
-                  " |eigenvalues| used")
-        lam = np.maximum(np.abs(lam), 1e-3)
-        dirs = vec / np.sqrt(lam)
-        labels = [k for k, v in z.items() for _ in range(max(1, np.size(v)))]
-
+    flat = pot.x(load_map(args.fit_json))
+    h = pot.hessian(flat)
+    lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+    if lam.min() <= 0:
+        print(f"note: Hessian not positive definite at the MAP (min eigenvalue {lam.min():.3g});"
+              " |eigenvalues| used")
+    lam = np.maximum(np.abs(lam), 1e-3)
+    dirs = vec / np.sqrt(lam)
+    labels = pot.labels
+    with jax.enable_x64(pot.x64):
         def g_along(e, ts):
-            return np.array([float(jnp.dot(fp.value_and_grad(flat + t * e)[1], e)) for t in ts])
+            return np.array([float(pot.value_and_grad(flat + t * e)[1] @ e) for t in ts])
 
         ts = np.linspace(-args.halfwidth, args.halfwidth, args.points)
         dt = ts[1] - ts[0]
@@ -111,8 +97,8 @@ def main():
         print(f"({time.perf_counter() - t0:.0f} s)")
 
         def site_log_densities(x):
-            params = constrain_fn(model, (), kw, unravel(x))
-            _, trace = log_density(model, (), kw, params)
+            params = constrain_fn(pot.model, (), pot.kwargs, pot.latents(x))
+            _, trace = log_density(pot.model, (), pot.kwargs, params)
             return {name: jnp.sum(site["fn"].log_prob(site["value"]))
                     for name, site in trace.items() if site["type"] == "sample"}
 
@@ -140,9 +126,8 @@ def main():
 
             post = az.from_netcdf(args.posterior).posterior
             n = post.sizes["chain"] * post.sizes["draw"]
-            draws = {k: np.asarray(post[k]).reshape((n,) + np.shape(z[k])) for k in z}
-            zs = np.asarray(jax.vmap(lambda v: ravel_pytree(inf._unconstrain(transforms, v))[0])(
-                draws))
+            zs = pot.x({k: np.asarray(post[k]).reshape((n,) + post[k].shape[2:])
+                        for k in post.data_vars})
             cov = dirs @ dirs.T  # inference.laplace's covariance
             chol = np.linalg.cholesky(cov)
             y = np.linalg.solve(chol, (zs - zs.mean(axis=0)).T).T

@@ -41,8 +41,6 @@ def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:
     """Lensing-only MAP of ``data`` started at the truth ``base``, its Laplace approximation,
     and the truth's quantile among ``n_draws`` draws of it, per parameter of ``NAMES``."""
     import jax
-    import jax.numpy as jnp
-    from jax.flatten_util import ravel_pytree
     from scipy import special
 
     from jkin import inference as inf
@@ -55,13 +53,9 @@ def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:
                 y_src_offset=0.0)  # the least-squares solution from the image positions
     m = inf.find_map(inf.lensing_model, dict(lens_data=data), init=init, n_steps=n_steps,
                      progress=False)
-    with jax.enable_x64(True):
-        cov = inf.laplace(m["potential_fn"], m["z"])
-        flat, unravel = ravel_pytree(m["z"])
-        draws = np.random.default_rng(seed).multivariate_normal(np.asarray(flat), cov,
-                                                                size=n_draws)
-        post = jax.jit(jax.vmap(lambda x: inf._cheap_postprocess(m["transforms"], data)(
-            unravel(x))))(jnp.asarray(draws))
+    pot, x = m["potential"], m["x"]
+    draws = np.random.default_rng(seed).multivariate_normal(x, pot.laplace(x), size=n_draws)
+    post = pot.values(draws)
     jax.clear_caches()
     q = {k: (np.sum(np.asarray(post[k]) < base[k]) + 0.5) / (n_draws + 1) for k in NAMES}
     sd = {k: float(np.std(np.asarray(post[k]))) for k in NAMES}

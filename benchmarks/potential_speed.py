@@ -6,7 +6,7 @@ number of chains evaluated together (vmapped, as ``chain_method="vectorized"`` d
 
 CONFIG is a ``jkin fit`` configuration with both data files (e.g. a recovery system's
 ``OUT/system02/joint.toml`` written by ``benchmarks/recovery.py``); each mode's model is built
-from it (``jkin.fitting.fit_inputs``) in the precision the fits use (float64, the emulator's
+from it (``jkin.fitting.config_potential``) in the precision the fits use (float64, the emulator's
 network in float32) and differentiated at the model's initial point, chains spread around it.
 Prints per mode and chain count the median wall time of one call (compilation excluded) and per
 chain, and the potential's sequential loop iterations (``lax.scan`` / ``fori_loop`` trip counts,
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import time
 
 import numpy as np
@@ -61,13 +60,14 @@ def main():
     args = ap.parse_args()
 
     import jax
+    import jax.numpy as jnp
 
-    from jkin import inference as inf
-    from jkin.fitting import fit_inputs, load_config
+    from jkin.fitting import config_potential, load_config
 
     cfg = load_config(args.config)
     if cfg.kinematics is None or cfg.lensing is None:
         ap.error(f"{args.config}: needs both data files ([data] kinematics and lensing)")
+    cfg = dataclasses.replace(cfg, inference={**cfg.inference, "precision": args.precision})
     use = args.precision == "float64"
     dev = jax.devices()[0]
     print(f"device: {jax.default_backend()} ({getattr(dev, 'device_kind', dev)}); "
@@ -76,32 +76,27 @@ def main():
     print(f"{'mode':>10s} {'chains':>6s} {'ms / call':>10s} {'ms / chain':>10s} "
           f"{'compile s':>9s} {'loops':>5s} {'loop iterations':>15s}")
     for mode in args.modes:
-        model, kwargs = fit_inputs(dataclasses.replace(cfg, mode=mode))
-        names = inspect.signature(model).parameters
-        kwargs = {k: v for k, v in kwargs.items() if k in names}
+        pot = config_potential(cfg, mode=mode)
         with jax.enable_x64(use):
-            kw = inf._x64_kwargs(kwargs, use)
-            potential_fn, _, z0 = inf._potential(model, kw)
-            vg = jax.value_and_grad(potential_fn)
-            loops, iters = loop_iterations(jax.make_jaxpr(vg)(z0).jaxpr)
+            x0 = jnp.asarray(pot.x_init)
+            vg = jax.value_and_grad(pot.fn)
+            loops, iters = loop_iterations(jax.make_jaxpr(vg)(x0).jaxpr)
             for n in args.chains:
-                keys = jax.random.split(jax.random.PRNGKey(0), n)
-                zs = jax.vmap(lambda k: jax.tree.map(
-                    lambda a: a + 1e-3 * jax.random.normal(k, a.shape, a.dtype), z0))(keys)
+                xs = x0 + 1e-3 * jax.random.normal(jax.random.PRNGKey(0), (n, pot.size), x0.dtype)
                 fn = jax.jit(jax.vmap(vg))
                 t0 = time.perf_counter()
-                jax.block_until_ready(fn(zs))
+                jax.block_until_ready(fn(xs))
                 compile_s = time.perf_counter() - t0
                 ts = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    jax.block_until_ready(fn(zs))
+                    jax.block_until_ready(fn(xs))
                     ts.append(time.perf_counter() - t0)
                 ms = 1e3 * float(np.median(ts))
                 print(f"{mode:>10s} {n:6d} {ms:10.2f} {ms / n:10.2f} {compile_s:9.1f} "
                       f"{loops:5d} {iters:15d}", flush=True)
             if args.compile:
-                for what, fn, arg in compile_targets(inf, potential_fn, z0):
+                for what, fn, arg in compile_targets(pot, x0):
                     compile_s, ms = _timed(fn, arg)
                     print(f"{mode:>10s} {what:>26s}: compile {compile_s:6.1f} s, then "
                           f"{ms:8.1f} ms", flush=True)
@@ -118,19 +113,17 @@ def _timed(fn, arg):
     return t1 - t0, 1e3 * (time.perf_counter() - t1)
 
 
-def compile_targets(inf, potential_fn, z0) -> list:
-    """(name, function, argument): the flat potential's value + gradient for one chain (what the
-    MAP stage runs), its exact Hessian, one NUTS transition."""
+def compile_targets(pot, x0) -> list:
+    """(name, function, argument): the potential's value + gradient for one chain (what the MAP
+    stage runs), its exact Hessian, one NUTS transition (``pot``: an ``inference.Potential``)."""
     import jax
-    from jax.flatten_util import ravel_pytree
     from numpyro.infer import NUTS
 
-    fp = inf._FlatPotential(potential_fn, z0)
-    flat = ravel_pytree(z0)[0]
-    kernel = NUTS(potential_fn=potential_fn, dense_mass=True, max_tree_depth=6)
+    z0 = pot.latents(x0)
+    kernel = NUTS(potential_fn=pot.potential_fn, dense_mass=True, max_tree_depth=6)
     state = kernel.init(jax.random.PRNGKey(0), 10, z0, model_args=(), model_kwargs={})
-    return [("value + gradient (1 chain)", fp.value_and_grad, flat),
-            ("Hessian (exact)", fp.hessian, flat),
+    return [("value + gradient (1 chain)", pot.value_and_grad, x0),
+            ("Hessian (exact)", pot.hessian, x0),
             ("NUTS transition", jax.jit(lambda st: kernel.sample(st, (), {})), state)]
 
 

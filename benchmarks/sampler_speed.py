@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["vectorized", "sequential", "parallel"])
     args = ap.parse_args()
-    from jkin.fitting import _init_values, fit_inputs, load_config, use_host_devices
+    from jkin.fitting import fit_inputs, load_config, load_map, use_host_devices
 
     if "parallel" in args.methods:
         use_host_devices(args.chains)
@@ -39,8 +39,8 @@ def main():
     cfg = load_config(args.config)
     opts = cfg.inference
     model, kwargs = fit_inputs(cfg)
-    init = _init_values(args.init) if args.init else (
-        _init_values(opts["init_from"]) if opts["init_from"] else None)
+    init = load_map(args.init) if args.init else (
+        load_map(opts["init_from"]) if opts["init_from"] else None)
     x64 = opts["precision"] == "float64"
     t0 = time.perf_counter()
     m = inf.find_map(model, kwargs, seed=opts["seed"], n_starts=opts["n_starts"],

@@ -48,6 +48,7 @@ summary: mean, sd, HDI, R-hat, ESS of the 13 parameters and the derived masses),
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 import tomllib
@@ -55,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FitConfig", "load_config", "fit_inputs", "use_host_devices", "use_compile_cache",
-           "run_fit", "run_many", "demo"]
+__all__ = ["FitConfig", "load_config", "fit_inputs", "config_potential", "load_map",
+           "use_host_devices", "use_compile_cache", "run_fit", "run_many", "demo"]
 
 _MODES = ("kinematics", "lensing", "joint")
 _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"}
@@ -262,6 +263,33 @@ def fit_inputs(cfg: FitConfig):
     return inf.MODELS[cfg.mode][0], kwargs
 
 
+def config_potential(cfg: FitConfig | str | Path, *, mode: str | None = None):
+    """The configured fit's ``inference.Potential`` (its model, data, emulator and priors, in
+    the precision the fit uses), optionally for another ``mode`` on the same data files; with
+    ``load_map`` it puts a finished fit's MAP in the potential's coordinates:
+
+        pot = config_potential("joint.toml")
+        x_map = pot.x(load_map("joint/fit.json"))
+    """
+    from jkin import inference as inf
+
+    if not isinstance(cfg, FitConfig):
+        cfg = load_config(cfg)
+    if mode is not None and mode != cfg.mode:
+        if mode not in _MODES:
+            raise ValueError(f"mode: must be one of {_MODES}, got {mode!r}")
+        need = {"kinematics": ("kinematics",), "lensing": ("lensing",),
+                "joint": ("kinematics", "lensing")}[mode]
+        for key in need:
+            if getattr(cfg, key) is None:
+                raise ValueError(f"data.{key}: a {mode} potential needs it; {cfg.name} has none")
+        cfg = dataclasses.replace(cfg, mode=mode)
+    model, kwargs = fit_inputs(cfg)
+    names = inspect.signature(model).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return inf.Potential(model, kwargs, x64=cfg.inference["precision"] == "float64")
+
+
 def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
     """Run one configured fit and write its outputs; returns a short summary dict."""
     from jkin import inference as inf
@@ -271,7 +299,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     model, kwargs = fit_inputs(cfg)
     opts = dict(cfg.inference)
-    init = _init_values(opts["init_from"]) if opts["init_from"] else None
+    init = load_map(opts["init_from"]) if opts["init_from"] else None
     res = inf.fit(model, kwargs, seed=opts["seed"], n_starts=opts["n_starts"],
                   map_steps=opts["map_steps"], num_warmup=opts["num_warmup"],
                   num_samples=opts["num_samples"], num_chains=opts["num_chains"],
@@ -340,8 +368,9 @@ def _map_imaging_quality(map_result, name) -> dict:
             "map_round_log_density": map_result["round_log_density"]}
 
 
-def _init_values(fit_json) -> dict:
-    """The MAP values recorded by an earlier fit (its fit.json)."""
+def load_map(fit_json) -> dict:
+    """The MAP recorded by an earlier fit (its fit.json): constrained values of its latent sites
+    (those of up to 16 elements) and of the deterministic R_sersic, inclination, phi."""
     rec = json.loads(Path(fit_json).read_text())
     if "map_latent" not in rec:
         raise ValueError(f"inference.init_from: {fit_json} has no 'map_latent' (written by an "

@@ -93,7 +93,8 @@ __all__ = [
     "Priors", "GALAXY_SITES", "galaxy_params", "kinematics_model", "lensing_model",
     "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
     "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
-    "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES",
+    "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES", "Potential",
+    "laplace",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -677,21 +678,25 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
     rounds of ``n_starts`` blind starts (new seeds; ``init`` is not reused) run until one is
     below it; the best log density of all rounds is kept.
 
-    Returns a dict: ``z`` (unconstrained latent values of the best start), ``values``
-    (constrained), ``log_density_start`` / ``log_density`` of every start (before / after the
-    optimisation) of the kept round, ``best``, ``potential_fn``, ``postprocess_fn``,
-    ``transforms`` (site -> bijection onto its support), ``wall_s`` (all rounds); with lensing
-    data also ``imaging_chi2_per_pixel`` (of the kept MAP), ``restarts`` (rounds run after the
-    first) and ``round_log_density`` (each round's best)."""
+    Returns a dict: ``z`` (unconstrained latent values of the best start; ``x`` the same
+    flattened, as ``potential``'s input), ``values`` (constrained), ``log_density_start`` /
+    ``log_density`` of every start (before / after the optimisation) of the kept round,
+    ``best``, ``potential_fn``, ``postprocess_fn``,
+    ``transforms`` (site -> bijection onto its support), ``potential`` (the ``Potential`` these
+    come from: ``potential.x(values)`` is the MAP as its flat vector), ``wall_s`` (all rounds);
+    with lensing data also ``imaging_chi2_per_pixel`` (of the kept MAP), ``restarts`` (rounds
+    run after the first) and ``round_log_density`` (each round's best)."""
     use = _use_x64(kwargs, x64)
     t0 = time.perf_counter()
+    pot = Potential(model, kwargs, x64=use)  # one compilation for all rounds
     with jax.enable_x64(use):
-        kw = _x64_kwargs(kwargs, use)
+        kw = pot.kwargs
         args = (n_steps, position_steps, position_learning_rate, position_starts, priors)
-        potentials = _potential(model, kw, True)  # one compilation for all rounds
+        potentials = (pot.potential_fn, pot.postprocess_fn, None, pot.transforms)
         m = _find_map(model, kw, seed, n_starts, *args, init, progress, potentials)
         lens_data = kwargs.get("lens_data")
         if lens_data is None:
+            m["potential"] = pot
             return m
         m["imaging_chi2_per_pixel"] = map_imaging_chi2(m["values"], lens_data)
         rounds = [float(m["log_density"][m["best"]])]
@@ -707,7 +712,7 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
             if rounds[-1] > max(rounds[:-1]):
                 m = new
     m.update(restarts=len(rounds) - 1, round_log_density=rounds,
-             wall_s=time.perf_counter() - t0)
+             wall_s=time.perf_counter() - t0, potential=pot)
     return m
 
 
@@ -765,7 +770,8 @@ def _find_map(model, kwargs, seed, n_starts, n_steps, position_steps, position_l
     u_final = np.asarray(u_final)
     best = int(np.argmin(u_final))
     zs[best], u_final[best] = _polish(potential_fn, zs[best], u_final[best], n_steps, progress)
-    return {"z": zs[best], "values": postprocess_fn(zs[best]), "best": best,
+    return {"z": zs[best], "x": np.asarray(ravel_pytree(zs[best])[0]),
+            "values": postprocess_fn(zs[best]), "best": best,
             "log_density_start": -np.asarray(u_start), "log_density": -u_final,
             "potential_fn": potential_fn, "postprocess_fn": postprocess_fn,
             "transforms": transforms, "wall_s": time.perf_counter() - t0}
@@ -849,6 +855,115 @@ def laplace(potential_fn, z, min_curvature: float = 1e-3) -> np.ndarray | None:
     lam = np.maximum(np.abs(lam), min_curvature)
     cov = (vec / lam) @ vec.T
     return 0.5 * (cov + cov.T)
+
+
+class Potential:
+    """A model's potential energy U(x) = -log p(latents | data) - log|det J| as a function of
+    one flat vector ``x`` of numpyro's unconstrained latents: what the MAP search and NUTS work
+    on here, for an external optimiser or sampler, a Laplace approximation or a gradient scan.
+
+        pot = inf.Potential(inf.joint_model, kwargs)        # or fitting.config_potential(cfg)
+        x = pot.x(fit_map)                                   # constrained values -> flat x
+        u, g = pot.value_and_grad(x)
+        cov = pot.laplace(x)                                 # inverse Hessian (flat x order)
+        draws = pot.values(x + L @ eps)                      # back to the 13 parameters
+
+    ``x`` is the sites in sorted name order, each raveled (``jax.flatten_util.ravel_pytree`` of
+    the latent dict); ``labels`` names each element. Every uniform prior is a ``ProbitUniform``,
+    so a site's prior with its Jacobian is N(0, 1) in x. ``x64`` as in ``find_map`` (default
+    float64, the emulator's network in float32): the methods switch JAX's float64 mode on
+    themselves; ``fn``, the traceable x -> U, must be traced inside ``jax.enable_x64(pot.x64)``.
+    The value, gradient and Hessian are compiled once per ``Potential`` (the imaging Hessian
+    takes ~17 s to compile on a CPU)."""
+
+    def __init__(self, model: Callable, kwargs: dict, *, x64: bool | None = None):
+        self.x64 = _use_x64(kwargs, x64)
+        with jax.enable_x64(self.x64):
+            kw = _x64_kwargs(kwargs, self.x64)
+            self.potential_fn, self.postprocess_fn, z0, self.transforms = _potential(
+                model, kw, True)
+            self._flat = _flat_potential(self.potential_fn, z0)
+            #: numpyro's initial point (uniform in (-2, 2) in x), a valid point of the support
+            self.x_init = np.asarray(ravel_pytree(z0)[0])
+        #: the model and the keyword arguments it is evaluated with (``x64``: the emulator
+        #: wrapped by ``float32_emulator``), e.g. for numpyro's ``log_density`` per site
+        self.model, self.kwargs = model, kw
+        self._shapes = {k: np.shape(z0[k]) for k in sorted(z0)}
+        self._lens_data = kwargs.get("lens_data")
+        self.labels = [k if not shape else f"{k}[{i}]" for k, shape in self._shapes.items()
+                       for i in range(int(np.prod(shape)) if shape else 1)]
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+    def fn(self, x):
+        """U(x), traceable (jit, grad, vmap), inside ``jax.enable_x64(self.x64)``."""
+        return self.potential_fn(self.latents(x))
+
+    def latents(self, x) -> dict:
+        """``x`` as numpyro's dict of unconstrained latents (traceable)."""
+        return self._flat.unravel(x)
+
+    def _check(self, x):
+        x = jnp.asarray(x, self._flat.dtype)
+        if x.shape != (self.size,):
+            raise ValueError(f"x: expected shape ({self.size},) (the sites {self.labels}), got "
+                             f"{x.shape}")
+        return x
+
+    def __call__(self, x) -> float:
+        with jax.enable_x64(self.x64):
+            return float(self._flat.value_and_grad(self._check(x))[0])
+
+    def value_and_grad(self, x) -> tuple[float, np.ndarray]:
+        with jax.enable_x64(self.x64):
+            u, g = self._flat.value_and_grad(self._check(x))
+            return float(u), np.asarray(g)
+
+    def hessian(self, x) -> np.ndarray:
+        """The exact Hessian of U (forward over reverse mode)."""
+        with jax.enable_x64(self.x64):
+            return np.asarray(self._flat.hessian(self._check(x)))
+
+    def laplace(self, x, min_curvature: float = 1e-3) -> np.ndarray | None:
+        """``laplace`` at ``x``: the inverse Hessian (eigenvalues' absolute values, floored)."""
+        with jax.enable_x64(self.x64):
+            return laplace(self.potential_fn, self._flat.unravel(self._check(x)), min_curvature)
+
+    def x(self, values: Mapping) -> np.ndarray:
+        """Flat unconstrained x from constrained ``values`` of every latent site (extra keys,
+        e.g. the deterministic R_sersic or a fit's derived masses, are ignored). Leading batch
+        axes are kept: values of shape (n, ...) per site give x of shape (n, size)."""
+        missing = [k for k in self._shapes if k not in values]
+        if missing:
+            raise ValueError(f"values: missing latent site(s) {missing} (the model's: "
+                             f"{list(self._shapes)})")
+        parts, batch = [], None
+        with jax.enable_x64(self.x64):
+            for k, shape in self._shapes.items():
+                v = jnp.asarray(values[k], self._flat.dtype)
+                b = v.shape[: v.ndim - len(shape)]
+                if v.shape[v.ndim - len(shape):] != shape or (batch is not None and b != batch):
+                    raise ValueError(f"values[{k!r}]: shape {v.shape}, expected (..., *{shape}) "
+                                     f"with the same leading axes as the other sites")
+                batch = b
+                parts.append(self.transforms[k].inv(v).reshape(b + (-1,)))
+            return np.asarray(jnp.concatenate(parts, axis=-1))
+
+    def values(self, x) -> dict:
+        """Constrained values at ``x`` (leading batch axes kept): the latent sites and the
+        deterministic R_sersic, inclination, phi (and with imaging the shear and source
+        position), without re-running the model."""
+        post = _cheap_postprocess(self.transforms, self._lens_data)
+        with jax.enable_x64(self.x64):
+            x = jnp.asarray(x, self._flat.dtype)
+            if x.shape[-1:] != (self.size,):
+                raise ValueError(f"x: last axis must have length {self.size}, got {x.shape}")
+            one = lambda v: post(self._flat.unravel(v))  # noqa: E731
+            for _ in range(x.ndim - 1):
+                one = jax.vmap(one)
+            return {k: np.asarray(v) for k, v in one(x).items()}
 
 
 def chain_method_for(num_chains: int) -> str:

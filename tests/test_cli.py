@@ -68,6 +68,13 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
     assert rec_b["map_log_density"] >= rec_a["map_log_density"] - 1e-3
     assert set(rec["map_latent"]) >= {"theta_E", "phi_vec", "R_sersic_frac"}
 
+    # the configured fit's potential at its recorded MAP is the log density the fit recorded
+    pot = fitting.config_potential(cfg_a)
+    assert -pot(pot.x(fitting.load_map(tmp_path / "a" / "fit.json"))) == pytest.approx(
+        rec_a["map_log_density"], rel=1e-9)
+    with pytest.raises(ValueError, match="data.lensing: a joint potential needs it"):
+        fitting.config_potential(cfg_a, mode="joint")
+
 
 @pytest.mark.parametrize("body, key", [
     ('mode = "joint"\n[data]\nkinematics = "ifu.fits"\n', "data.lensing"),

@@ -132,6 +132,65 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
     assert float(ldj) == pytest.approx(lp + ll + kin_ll, rel=1e-9)
 
 
+def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
+    """``Potential`` against scipy: every uniform prior is probit-mapped, so the energy is
+    -log L - sum log N(z_k; 0, 1) over the probit sites' z_k = Phi^-1((v - lo) / (hi - lo)),
+    minus the phi 2-vector's normal-times-ring prior (identity transform); the sites in sorted
+    order. Float64, the emulator in float32 (as every fit runs)."""
+    kw = dict(kin_data=kin_data, emulator=smooth_emulator)
+    pot = inf.Potential(inf.kinematics_model, kw)
+    point = _theta_point()
+    pr = inf.Priors()
+    bounds = {k: cv._FIXED_BOUNDS[k] for k in ("theta_E", "gamma", "q_mass", "q_light",
+                                                "n_sersic", "beta_z")}
+    bounds.update(R_sersic_frac=(0.5, 1.0), inclination_frac=(0.0, 1.0), x_c=(-0.5, 0.5),
+                  y_c=(-0.5, 0.5), D_dt=pr.D_dt_range, D_d=pr.D_d_range)
+    names = sorted(list(bounds) + ["phi_vec"])
+    want_labels = [lab for k in names for lab in ((k,) if k != "phi_vec"
+                                                  else ("phi_vec[0]", "phi_vec[1]"))]
+    assert pot.labels == want_labels and pot.size == 14
+    z = {k: stats.norm.ppf((point[k] - lo) / (hi - lo)) for k, (lo, hi) in bounds.items()}
+    want_x = np.concatenate([np.atleast_1d(np.asarray(point[k], float) if k == "phi_vec"
+                                           else z[k]) for k in names])
+    x = pot.x(point)
+    np.testing.assert_allclose(x, want_x, rtol=1e-12, atol=1e-12)
+
+    theta = _galaxy(point)
+    model = np.asarray(kin.predict_binned_vrms(theta, kin_data, smooth_emulator), float)
+    chol = np.asarray(kin_data.cov_cholesky, float)
+    log_like = stats.multivariate_normal(model, chol @ chol.T).logpdf(
+        np.asarray(kin_data.vrms, float))
+    pv = np.asarray(point["phi_vec"], float)
+    ring = -0.5 * ((np.hypot(*pv) - 1.0) / inf.PHI_RING_WIDTH) ** 2
+    want_u = -(log_like + sum(stats.norm.logpdf(v) for v in z.values())
+               + stats.norm.logpdf(pv).sum() + ring)
+    assert pot(x) == pytest.approx(want_u, rel=1e-6)
+
+    # the gradient is that of the value, in the same flat order (central differences; a step
+    # of 1e-2 keeps the float32 network's rounding, ~1e-5 in U, out of the differences)
+    u, g = pot.value_and_grad(x)
+    assert u == pot(x)
+    h = 1e-2
+    fd = np.array([(pot(x + h * e) - pot(x - h * e)) / (2 * h) for e in np.eye(pot.size)])
+    np.testing.assert_allclose(g, fd, rtol=1e-3, atol=1e-3 * np.abs(g).max())
+    hess = pot.hessian(x)
+    assert hess.shape == (14, 14) and np.allclose(hess, hess.T, rtol=1e-6, atol=1e-6)
+
+    # back to constrained values, batched, with the deterministic parameters
+    back = pot.values(np.stack([x, x]))
+    for k in bounds:
+        np.testing.assert_allclose(back[k], [point[k]] * 2, rtol=1e-9)
+    np.testing.assert_allclose(back["R_sersic"], [theta["R_sersic"]] * 2, rtol=1e-9)
+    np.testing.assert_allclose(back["inclination"], [theta["inclination"]] * 2, rtol=1e-9)
+    np.testing.assert_allclose(back["phi"], [theta["phi"]] * 2, rtol=1e-9)
+    np.testing.assert_allclose(pot.x(back), np.stack([x, x]), rtol=1e-9, atol=1e-9)
+
+    with pytest.raises(ValueError, match="missing latent site.*'beta_z'"):
+        pot.x({k: v for k, v in point.items() if k != "beta_z"})
+    with pytest.raises(ValueError, match=r"x: expected shape \(14,\)"):
+        pot(x[:3])
+
+
 def test_source_reference_solves_the_lens_equation(lens_mock):
     """With image positions that solve the lens equation exactly, the least-squares shear and
     source of ``source_reference`` are the true ones (for any weights); with noisy positions it
