@@ -224,6 +224,9 @@ def report(out: Path, truths, modes, wall):
                       "D_d_pull": (dd.mean() - truth["D_d"]) / dd.std(),
                       "D_dt_rel_sd": ddt.std() / ddt.mean(),
                       "divergences": rec["divergences"], "min_ess": rec["min_ess_bulk"]}
+        lens_file = out / f"system{k:02d}" / "lens.fits"
+        if "joint" in row and lens_file.exists():
+            row["delays"] = delay_only_d_dt(lens_file)
         per_system.append(row)
     for m in modes:
         lines.append(f"== {m} ==")
@@ -251,7 +254,8 @@ def report(out: Path, truths, modes, wall):
         lines.append("")
     lines.append(f"{'system':>7s} " + " ".join(
         f"{m[:5] + ' R-hat':>11s} {'ESS':>5s} {'div':>4s} {'s':>6s}" for m in modes)
-        + f" {'joint D_d err':>14s} {'(sd)':>6s} {'D_dt sd':>8s}")
+        + f" {'joint D_d err':>14s} {'(sd)':>6s} {'D_dt sd':>8s} {'delays: D_dt err':>16s} "
+        f"{'(sd)':>6s} {'D_dt sd':>8s}")
     for row in per_system:
         cells = []
         for m in modes:
@@ -259,11 +263,16 @@ def report(out: Path, truths, modes, wall):
             cells.append(f"{r['max_rhat']:11.3f} {r['min_ess']:5.0f} {r['divergences']:4d} "
                          f"{r['wall_s']:6.0f}" if r else f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}")
         j = row.get("joint")
+        dl = row.get("delays")
         lines.append(f"{row['system']:7d} " + " ".join(cells) + (
-            f" {j['D_d_err']:+14.3f} {j['D_d_pull']:+6.1f} {j['D_dt_rel_sd']:8.3f}" if j else ""))
+            f" {j['D_d_err']:+14.3f} {j['D_d_pull']:+6.1f} {j['D_dt_rel_sd']:8.3f}" if j else "")
+            + (f" {dl['err']:+16.3f} {dl['pull']:+6.1f} {dl['rel_sd']:8.3f}" if dl else ""))
     lines.append("(D_d err: joint posterior mean / truth - 1, and in posterior sd; D_dt sd: the "
                  "joint posterior's relative sd of D_dt, which bounds D_d's, D_d = D_dt D_ds / "
-                 "((1 + z_d) D_s) with the kinematics constraining D_s / D_ds)")
+                 "((1 + z_d) D_s) with the kinematics constraining D_s / D_ds. delays: the D_dt "
+                 "that the mock's delays alone give at the true lens model "
+                 "(jkin.lensing.delay_distance), its error and relative sd: the delays' own "
+                 "noise draw and precision, which no lens or kinematic model improves)")
     lines.append("")
     for m in modes:
         rows = [row[m] for row in per_system if m in row]
@@ -288,6 +297,20 @@ def report(out: Path, truths, modes, wall):
 
     _residual_figure(out / "recovery_hist.png", resid, names, modes, len(truths), pulls=False)
     _residual_figure(out / "recovery_pulls.png", pulls, names, modes, len(truths), pulls=True)
+
+
+def delay_only_d_dt(lens_file) -> dict:
+    """The D_dt that a mock's delays alone give at its true lens model, against its truth."""
+    import jax
+
+    from jkin import lensing
+    from jkin.lensing_data import load_lensing_data, load_lensing_truth
+
+    with jax.enable_x64(True):
+        truth = load_lensing_truth(lens_file)
+        d_dt, sd = lensing.delay_distance(truth, load_lensing_data(lens_file))
+    return {"err": d_dt / truth["D_dt"] - 1, "pull": (d_dt - truth["D_dt"]) / sd,
+            "rel_sd": sd / d_dt}
 
 
 def _residual_figure(path, resid, names, modes, n_systems, *, pulls):

@@ -81,6 +81,7 @@ __all__ = [
     "imaging_log_likelihood",
     "imaging_chi2",
     "time_delay_log_likelihood",
+    "delay_distance",
     "source_plane_log_likelihood",
     "lensing_log_likelihood",
     "lensing_value_and_grad",
@@ -719,6 +720,25 @@ def time_delay_log_likelihood(params, data: LensingData, config: LensModelConfig
     check_params(params, config, data.n_images, _DELAY_NAMES)
     x_img, y_img = image_positions(params, data, config)
     return _time_delay_ll(params, data, x_img, y_img)
+
+
+def delay_distance(params, data: LensingData,
+                   config: LensModelConfig = DEFAULT_CONFIG) -> tuple[float, float]:
+    """The D_dt [Mpc] that the measured delays alone give for the lens model ``params`` (its
+    ``D_dt`` ignored), and its sd: the delays are linear in D_dt, dt_i = D_dt k_i with
+    k_i = TIME_DELAY_DAYS (phi_i - phi_0), so the maximum of ``time_delay_log_likelihood`` is
+    the weighted least-squares D_dt = sum(w k d) / sum(w k^2), sd = sum(w k^2)^(-1/2),
+    w = 1 / sigma^2. At the true lens model it is what the delays can tell about D_dt (and so,
+    through the kinematics' D_dt / D_d, about D_d) however well the rest is measured."""
+    params = dict(params, D_dt=1.0)
+    check_params(params, config, data.n_images, _DELAY_NAMES)
+    x_img, y_img = image_positions(params, data, config)
+    k = np.asarray(time_delays(x_img, y_img, params, params["x_src"], params["y_src"]),
+                   dtype=float)[1:]
+    d = np.asarray(data.time_delays, dtype=float)[1:]
+    w = 1.0 / np.asarray(data.time_delay_errors, dtype=float)[1:] ** 2
+    info = float(np.sum(w * k * k))
+    return float(np.sum(w * k * d)) / info, info ** -0.5
 
 
 def source_plane_log_likelihood(params, data: LensingData,

@@ -239,6 +239,32 @@ def test_time_delays_match_lenstronomy(x64, mock):
     np.testing.assert_allclose(mock.images["time_delays"], ref, rtol=0, atol=1e-4)
 
 
+def test_delay_distance_is_the_weighted_least_squares_d_dt(x64, mock):
+    """``delay_distance`` against numpy's least squares on lenstronomy's delays per unit D_dt
+    (Fermat potential x LensCosmo.time_delay_units / its D_dt), for delays made at another D_dt
+    plus known offsets and unequal errors; at its D_dt the delay likelihood is stationary."""
+    from astropy.cosmology import FlatLambdaCDM
+    from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
+    p = mock.truth
+    x_img = np.asarray(mock.images["x"], dtype=float)
+    y_img = np.asarray(mock.images["y"], dtype=float)
+    kw_lens, _, _ = _lenstronomy_kwargs(p)
+    fp = LensModel(["EPL", "SHEAR"]).fermat_potential(x_img, y_img, kw_lens, p["x_src"], p["y_src"])
+    lc = LensCosmo(cv.Z_D, cv.Z_S, cosmo=FlatLambdaCDM(H0=cv.H0, Om0=cv.OMEGA_M))
+    k = lc.time_delay_units(fp - fp[0]) / lc.ddt
+    err = np.array([1.0, 0.7, 1.3, 2.1])
+    delays = 2600.0 * k + np.array([0.0, 0.4, -0.9, 0.3])
+    data = mock.data.replace(time_delays=jnp.asarray(delays), time_delay_errors=jnp.asarray(err))
+    a = (k / err)[1:, None]
+    want, *_ = np.linalg.lstsq(a, (delays / err)[1:], rcond=None)
+    want_sd = np.sqrt(np.linalg.inv(a.T @ a))[0, 0]
+    got, sd = L.delay_distance(dict(p, D_dt=9999.0), data)
+    assert got == pytest.approx(want[0], rel=1e-6) and sd == pytest.approx(want_sd, rel=1e-6)
+    dll = jax.grad(lambda d: L.time_delay_log_likelihood(dict(p, D_dt=d), data))(got)
+    assert abs(float(dll)) * sd < 1e-6
+
+
 def test_mock_quad_satisfies_lens_equation(mock):
     """Four images, labelled in order of arrival, each mapping to the source to < 1e-4 arcsec
     under lenstronomy's float64 ray shooting; the likelihood's Newton solver (float32) started
