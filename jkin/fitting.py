@@ -340,6 +340,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
         "divergences": int(np.asarray(res.idata.sample_stats["diverging"]).sum())
         if "diverging" in res.idata.sample_stats else None,
         "truth": {k: np.asarray(v).tolist() for k, v in truth.items()},
+        "not_converged": _convergence_warning(summary, cfg.name),
     }
     (out / "fit.json").write_text(json.dumps(record, indent=2) + "\n")
     return {"name": cfg.name, "mode": cfg.mode, "output": str(out), "wall_s": wall,
@@ -349,6 +350,27 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
 
 #: A MAP image chi^2 per pixel above this is reported as a probable wrong optimum.
 CHI2_WARN = 1.5
+#: Split R-hat at or above this (on any of the 13 parameters) is reported as not converged.
+RHAT_WARN = 1.01
+
+
+def _convergence_warning(summary, name) -> list[str]:
+    """The galaxy parameters whose split R-hat is >= RHAT_WARN (or not finite), worst first;
+    a warning on stderr naming them. Their intervals are not to be trusted yet."""
+    import sys
+
+    from jkin.inference import GALAXY_SITES
+
+    rhat = summary["r_hat"].loc[list(GALAXY_SITES)]
+    slow = rhat[~(rhat < RHAT_WARN)].sort_values(ascending=False, na_position="first")
+    if len(slow):
+        worst = ", ".join(f"{k} {v:.3f}" for k, v in slow.head(4).items())
+        more = f" and {len(slow) - 4} more" if len(slow) > 4 else ""
+        print(f"warning: {name}: chains not converged: R-hat {worst}{more} (>= {RHAT_WARN}); "
+              "their intervals are not reliable: sample longer (inference.num_warmup, "
+              "num_samples) or, where the posterior presses on a prior edge, raise "
+              "inference.target_accept", file=sys.stderr, flush=True)
+    return list(slow.index)
 
 
 def _map_imaging_quality(map_result, name) -> dict:

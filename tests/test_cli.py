@@ -35,6 +35,8 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "kinematics fit in" in res.stdout
+    # 5 draws per chain do not converge, and jkin says so, naming the parameters
+    assert "chains not converged: R-hat" in res.stderr
     # the programs that took over a second to compile (NUTS's loop at least) were kept
     assert any(p.name.endswith("-cache") for p in cache.iterdir())
     out = tmp_path / "out"
@@ -42,6 +44,13 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
         assert (out / name).stat().st_size > 0
     rec = json.loads((out / "fit.json").read_text())
     assert rec["mode"] == "kinematics" and rec["truth"]["theta_E"] == mocks.PAPER_MOCK_THETA["theta_E"]
+    import pandas as pd
+
+    rhat = pd.read_csv(out / "summary.csv", index_col=0)["r_hat"].to_dict()
+    assert rec["not_converged"] and all(not rhat[k] < fitting.RHAT_WARN
+                                        for k in rec["not_converged"])
+    assert all(rhat[k] < fitting.RHAT_WARN for k in rhat
+               if k not in rec["not_converged"] and k in rec["map"])
     # one fit in the jkin process: a host device per core, so "auto" runs the 2 chains in parallel
     import os
 
