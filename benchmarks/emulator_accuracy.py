@@ -94,8 +94,8 @@ def main(argv=None):
               f"{s['mean_eps']:9.3f} {s['std_eps']:8.3f}  {req}")
     print(f"{'SKiNN (paper)':24s} {'':5s} {SKINN['median_abs_eps']:12.3f} {SKINN['p95_abs_eps']:9.3f} "
           f"{SKINN['mean_eps']:9.3f} {SKINN['std_eps']:8.3f}")
-    print(f"(required: median |eps| <= 0.6, p95 <= 2.0, |mean eps| <= 0.2 km/s; "
-          f"goal: median <= 0.3, p95 <= 1.0)\n")
+    print("(required: median |eps| <= 0.6, p95 <= 2.0, |mean eps| <= 0.2 km/s; "
+          "goal: median <= 0.3, p95 <= 1.0)\n")
     worst = np.argsort(abs_eps)[::-1][:5]
     print("worst maps (full field):")
     from jkin import conventions as cv

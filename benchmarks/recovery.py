@@ -191,7 +191,6 @@ def report(out: Path, truths, modes, wall):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from jkin.inference import GALAXY_SITES
 

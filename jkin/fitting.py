@@ -593,7 +593,9 @@ def demo(out="jkin-demo", *, seed: int = 0, inference: dict | None = None,
         r = results[mode]
         r["summary"] = pd.read_csv(Path(r["output"]) / "summary.csv", index_col=0)
         print(f"  {mode}: {r['wall_s']:.0f} s, max R-hat {r['max_rhat']:.3f}, "
-              f"min bulk ESS {r['min_ess_bulk']:.0f}")
+              f"min bulk ESS {r['min_ess_bulk']:.0f}"
+              + ("" if r["max_rhat"] < RHAT_WARN else
+                 f"  (not converged at demo length: R-hat >= {RHAT_WARN})"))
     results = {m: results[m] for m in ("kinematics", "lensing", "joint")}
     truth = _truth(load_config(out / "joint.toml"))
     table = comparison_table(results, truth)

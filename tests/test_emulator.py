@@ -11,7 +11,7 @@ import pytest
 
 from jkin import conventions as cv
 from jkin.emulator import Emulator
-from jkin.emulator.network import CIPS, CIPSConfig
+from jkin.emulator.network import CIPSConfig
 
 SUBSET = Path(__file__).parent / "data" / "jam_test_subset.npz"
 P0 = np.array([1.2, 2.0, 0.8, 0.9, 0.9, 3.0, 0.1, 75.0], dtype=np.float32)

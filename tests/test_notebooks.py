@@ -6,7 +6,6 @@ user can follow them on a fresh install.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
