@@ -973,7 +973,11 @@ def chain_method_for(num_chains: int) -> str:
     On a CPU a vmapped batch of chains costs as much per step as the chains one by one (joint
     potential, 2 chains: 183 against 91 ms) and each iteration lasts as long as the longest
     tree, so "vectorized" is the slowest: recovery system 2's joint posterior, 30 + 30 draws, 2
-    cores: vectorized 106 s, sequential 75 s, parallel 47 s (benchmarks/sampler_speed.py)."""
+    cores: vectorized 106 s, sequential 75 s, parallel 47 s (benchmarks/sampler_speed.py).
+    But "parallel" holds on to memory as it runs: ~150 MB per minute of sampling on the demo's
+    joint posterior (~37 kB per leapfrog step), never returned, against none for "sequential"
+    and "vectorized" (benchmarks/sampler_memory.py; jax 0.10.2, numpyro 0.22.0). For runs of an
+    hour or more pass ``chain_method="sequential"``."""
     if jax.default_backend() != "cpu":
         return "vectorized"
     return "parallel" if num_chains > 1 and jax.local_device_count() >= num_chains \
