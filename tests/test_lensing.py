@@ -218,10 +218,9 @@ def test_point_source_rendering_conserves_flux(x64, mock):
     assert np.argmax(got) == np.argmax(ref)
 
 
-def test_time_delays_match_lenstronomy(x64, mock):
-    """Delays from jkin (D_dt = conventions.D_DT) equal lenstronomy's Fermat potential x
-    LensCosmo.time_delay_units for FlatLambdaCDM(72, 0.32), z = 0.5 -> 2, to 1e-6 relative
-    (the precision of the tabulated fiducial distances)."""
+def _lenstronomy_delays(mock):
+    """The mock's image positions, lenstronomy's Fermat potentials there (EPL + SHEAR at the
+    truth) and its LensCosmo for FlatLambdaCDM(72, 0.32), z = 0.5 -> 2."""
     from astropy.cosmology import FlatLambdaCDM
     from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 
@@ -231,6 +230,15 @@ def test_time_delays_match_lenstronomy(x64, mock):
     kw_lens, _, _ = _lenstronomy_kwargs(p)
     fp = LensModel(["EPL", "SHEAR"]).fermat_potential(x_img, y_img, kw_lens, p["x_src"], p["y_src"])
     lc = LensCosmo(cv.Z_D, cv.Z_S, cosmo=FlatLambdaCDM(H0=cv.H0, Om0=cv.OMEGA_M))
+    return x_img, y_img, fp, lc
+
+
+def test_time_delays_match_lenstronomy(x64, mock):
+    """Delays from jkin (D_dt = conventions.D_DT) equal lenstronomy's Fermat potential x
+    LensCosmo.time_delay_units for FlatLambdaCDM(72, 0.32), z = 0.5 -> 2, to 1e-6 relative
+    (the precision of the tabulated fiducial distances)."""
+    p = mock.truth
+    x_img, y_img, fp, lc = _lenstronomy_delays(mock)
     ref = lc.time_delay_units(fp - fp[0])
     got = np.asarray(L.time_delays(x_img, y_img, p, p["x_src"], p["y_src"]))
     assert got[0] == 0.0
@@ -243,15 +251,8 @@ def test_delay_distance_is_the_weighted_least_squares_d_dt(x64, mock):
     """``delay_distance`` against numpy's least squares on lenstronomy's delays per unit D_dt
     (Fermat potential x LensCosmo.time_delay_units / its D_dt), for delays made at another D_dt
     plus known offsets and unequal errors; at its D_dt the delay likelihood is stationary."""
-    from astropy.cosmology import FlatLambdaCDM
-    from lenstronomy.Cosmo.lens_cosmo import LensCosmo
-
     p = mock.truth
-    x_img = np.asarray(mock.images["x"], dtype=float)
-    y_img = np.asarray(mock.images["y"], dtype=float)
-    kw_lens, _, _ = _lenstronomy_kwargs(p)
-    fp = LensModel(["EPL", "SHEAR"]).fermat_potential(x_img, y_img, kw_lens, p["x_src"], p["y_src"])
-    lc = LensCosmo(cv.Z_D, cv.Z_S, cosmo=FlatLambdaCDM(H0=cv.H0, Om0=cv.OMEGA_M))
+    x_img, y_img, fp, lc = _lenstronomy_delays(mock)
     k = lc.time_delay_units(fp - fp[0]) / lc.ddt
     err = np.array([1.0, 0.7, 1.3, 2.1])
     delays = 2600.0 * k + np.array([0.0, 0.4, -0.9, 0.3])
