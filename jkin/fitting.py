@@ -48,7 +48,6 @@ summary: mean, sd, HDI, R-hat, ESS of the 13 parameters and the derived masses),
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import time
 import tomllib
@@ -245,17 +244,18 @@ def use_compile_cache(path=DEFAULT_COMPILE_CACHE, min_compile_s: float = 1.0) ->
 
 
 def fit_inputs(cfg: FitConfig):
-    """The configured fit's NumPyro model and its keyword arguments (data, emulator, priors)."""
+    """The configured fit's NumPyro model and its keyword arguments (data, emulator, priors):
+    the data files its mode uses."""
     from jkin import inference as inf
 
     kwargs = {"priors": inf.Priors(**cfg.priors)}
-    if cfg.kinematics is not None:
+    if cfg.kinematics is not None and cfg.mode in ("kinematics", "joint"):
         from jkin.data import load_kinematic_data
         from jkin.emulator import Emulator
 
         kwargs["kin_data"] = load_kinematic_data(cfg.kinematics)
         kwargs["emulator"] = Emulator.load(cfg.weights)
-    if cfg.lensing is not None:
+    if cfg.lensing is not None and cfg.mode in ("lensing", "joint"):
         from jkin.lensing_data import load_lensing_data
 
         kwargs["lens_data"] = load_lensing_data(cfg.lensing)
@@ -285,8 +285,6 @@ def config_potential(cfg: FitConfig | str | Path, *, mode: str | None = None):
                 raise ValueError(f"data.{key}: a {mode} potential needs it; {cfg.name} has none")
         cfg = dataclasses.replace(cfg, mode=mode)
     model, kwargs = fit_inputs(cfg)
-    names = inspect.signature(model).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in names}
     return inf.Potential(model, kwargs, x64=cfg.inference["precision"] == "float64")
 
 
