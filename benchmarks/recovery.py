@@ -107,6 +107,10 @@ def main():
     ap.add_argument("--max-tree-depth", type=int, default=7)
     ap.add_argument("--target-accept", type=float, default=0.8,
                     help="NUTS's target acceptance probability")
+    ap.add_argument("--chain-method", default="auto",
+                    choices=["auto", "sequential", "parallel", "vectorized"],
+                    help="numpyro's (auto: parallel on a CPU with a core per chain); parallel "
+                    "chains' memory grows as they run, so long fits want sequential")
     ap.add_argument("--n-starts", type=int, default=4, help="MAP starts per fit")
     ap.add_argument("--map-steps", type=int, default=3000, help="L-BFGS iterations per start")
     ap.add_argument("--kinematics-precision", choices=("float64", "float32"), default="float64",
@@ -130,7 +134,7 @@ def main():
     inference = dict(seed=0, n_starts=args.n_starts, map_steps=args.map_steps,
                      num_warmup=args.num_warmup, num_samples=args.num_samples,
                      num_chains=args.num_chains, max_tree_depth=args.max_tree_depth,
-                     target_accept=args.target_accept)
+                     target_accept=args.target_accept, chain_method=args.chain_method)
     if args.quick:
         inference.update(n_starts=2, map_steps=20, num_warmup=20, num_samples=20,
                          max_tree_depth=3, position_steps=100)
