@@ -29,7 +29,8 @@ def _rss_gb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
-def run(out: Path, samples: int, warmup: int, method: str, progress: bool) -> dict:
+def run(out: Path, samples: int, warmup: int, method: str, progress: bool,
+        trim: float = 0.0) -> dict:
     from jkin.fitting import DEMO_WEIGHTS, use_host_devices
 
     if method == "parallel":
@@ -42,9 +43,20 @@ def run(out: Path, samples: int, warmup: int, method: str, progress: bool) -> di
     trace, stop = [], threading.Event()
     t_zero = time.time()
 
+    libc = None
+    if trim:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    last_trim = time.time()
+
     def monitor():
+        nonlocal last_trim
         while not stop.is_set():
             trace.append((time.time() - t_zero, _rss_gb()))
+            if libc is not None and time.time() - last_trim >= trim:
+                libc.malloc_trim(0)
+                last_trim = time.time()
             time.sleep(1.0)
 
     threading.Thread(target=monitor, daemon=True).start()
@@ -68,7 +80,7 @@ def run(out: Path, samples: int, warmup: int, method: str, progress: bool) -> di
                header="seconds_since_start rss_GB")
     peak = max(r for _, r in trace)
     rec = dict(method=method, progress=progress, warmup=warmup, samples=samples,
-               malloc_arena_max=os.environ.get("MALLOC_ARENA_MAX"),
+               malloc_arena_max=os.environ.get("MALLOC_ARENA_MAX"), malloc_trim_s=trim or None,
                sampler_start_s=round(t0 - t_zero, 1), rss_after_map_gb=round(rss0, 3),
                peak_gb=round(peak, 3), growth_gb=round(peak - rss0, 3),
                sampling_leapfrog_steps=steps, nuts_wall_s=round(wall, 1))
@@ -90,6 +102,7 @@ def plot(outs, png):
         t, r = np.loadtxt(f"{o}_trace.txt", unpack=True)
         label = (f"{rec['method']}{' + progress' if rec['progress'] else ''}"
                  f"{' MALLOC_ARENA_MAX=' + rec['malloc_arena_max'] if rec['malloc_arena_max'] else ''}"
+                 f"{' malloc_trim every %g s' % rec['malloc_trim_s'] if rec.get('malloc_trim_s') else ''}"
                  f": {rec['warmup']}+{rec['samples']} draws, {rec['sampling_leapfrog_steps']} steps")
         ax.plot(t - rec["sampler_start_s"], r, label=label)
     ax.set_xlabel("seconds since NUTS started (compilation included)")
@@ -108,6 +121,8 @@ def main():
     ap.add_argument("--method", default="parallel",
                     choices=["parallel", "sequential", "vectorized"])
     ap.add_argument("--progress", action="store_true", help="numpyro's progress bars")
+    ap.add_argument("--trim", type=float, default=0.0, metavar="S",
+                    help="call glibc's malloc_trim(0) every S seconds (0: never)")
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--png", default="rss.png")
     args = ap.parse_args()
@@ -116,7 +131,8 @@ def main():
     else:
         if len(args.out) != 1:
             ap.error("one OUT prefix per run")
-        run(Path(args.out[0]), args.samples, args.warmup, args.method, args.progress)
+        run(Path(args.out[0]), args.samples, args.warmup, args.method, args.progress,
+            args.trim)
 
 
 if __name__ == "__main__":
