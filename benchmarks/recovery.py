@@ -92,6 +92,8 @@ def run_system(configs, echo=False) -> list[str]:
 
 
 def main():
+    from jkin.fitting import CHAIN_METHODS, use_host_devices, write_config
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--systems", type=int, default=10)
@@ -108,7 +110,7 @@ def main():
     ap.add_argument("--target-accept", type=float, default=0.8,
                     help="NUTS's target acceptance probability")
     ap.add_argument("--chain-method", default="auto",
-                    choices=["auto", "sequential", "parallel", "vectorized"],
+                    choices=CHAIN_METHODS,
                     help="numpyro's (auto: parallel on a CPU with a core per chain); parallel "
                     "chains' memory grows as they run, so long fits want sequential")
     ap.add_argument("--n-starts", type=int, default=4, help="MAP starts per fit")
@@ -123,8 +125,6 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the finished fits; run nothing")
     args = ap.parse_args()
-
-    from jkin.fitting import use_host_devices, write_config
 
     if args.workers == 1:  # fits in this process: their chains in parallel, one per core
         use_host_devices()

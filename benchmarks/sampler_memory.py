@@ -48,10 +48,9 @@ def run(out: Path, samples: int, warmup: int, method: str, progress: bool,
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-    last_trim = time.time()
 
     def monitor():
-        nonlocal last_trim
+        last_trim = time.time()
         while not stop.is_set():
             trace.append((time.time() - t_zero, _rss_gb()))
             if libc is not None and time.time() - last_trim >= trim:

@@ -67,6 +67,8 @@ _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, n
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
 MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
+#: the ``chain_method`` values a configuration may give ("auto" or numpyro's)
+CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +165,7 @@ def load_config(path) -> FitConfig:
     for key in ("num_warmup", "map_restarts"):
         if inference[key] < 0:
             _err(path, f"inference.{key} = {inference[key]} must be >= 0")
-    if inference["chain_method"] not in ("auto", "vectorized", "sequential", "parallel"):
+    if inference["chain_method"] not in CHAIN_METHODS:
         _err(path, "inference.chain_method must be 'auto', 'vectorized', 'sequential' or "
              "'parallel'")
     if inference["mass_matrix"] not in MASS_MATRICES:
