@@ -58,13 +58,18 @@ def system_truths(n: int, seed: int = 2023) -> list[dict]:
 
 def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
     from jkin import lensing, mocks
+    from jkin.data import DEFAULT_SUPERSAMPLING, DEFAULT_SUPERSAMPLING_RADII
     from jkin.lensing_data import save_lensing_data
 
     d = out / f"system{k:02d}"
     d.mkdir(parents=True, exist_ok=True)
     kin_path, lens_path = d / "ifu.fits", d / "lens.fits"
     if not kin_path.exists():
-        mocks.make_mock_ifu(truth, seed=seed, path=kin_path)
+        # the truth at mocks.TRUTH_SUPERSAMPLING; the fits at the default model sampling (until
+        # session 19 the truth's, 4836 points: see results/recovery-s19)
+        mocks.make_mock_ifu(truth, seed=seed, path=kin_path,
+                            model_supersampling=DEFAULT_SUPERSAMPLING,
+                            model_supersampling_radii=DEFAULT_SUPERSAMPLING_RADII)
     if not lens_path.exists():
         lens_truth = {n: truth[n] for n in LENS_NAMES}
         mock = lensing.make_mock_lensing(seed=seed, truth=lens_truth)

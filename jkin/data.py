@@ -17,9 +17,10 @@ RA0, DEC0  sky position [arcsec] of the centre of pixel (0, 0) (``ra_at_xy_0``..
 NBINS      number of bins.
 PSFFWHM    Gaussian PSF FWHM [arcsec] (0 = no PSF); or give a PSF_KERNEL extension.
 SUPERSAM   (optional) model sampling: samples per pixel side, an int (uniform) or a
-           comma-separated list "8,2,1" of factors for the rings of SSRADII. Default "8,2,1".
+           comma-separated list "8,2,1,1/2" of factors for the rings of SSRADII (1/k: one
+           sample per k x k pixels). Default "8,2,1,1/2".
 SSRADII    (optional) ring radii [arcsec], comma-separated, one fewer than the factors.
-           Default "0.1,0.3".
+           Default "0.1,0.3,0.8".
 SSCENRA,   (optional, default 0, 0) the rings' centre [arcsec]: where the lens is.
 SSCENDEC
 =========  ==========================================================================
@@ -52,6 +53,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from fractions import Fraction
 from typing import Optional
 
 import numpy as np
@@ -77,9 +79,13 @@ FORMAT_NAME = "KINDATA"
 FORMAT_VERSION = 1
 #: Default model sampling (``jkin.kinematics.normalise_supersampling``): 8 x 8 sub-pixels per
 #: pixel within 0.1" of the lens (the light cusp and the 0.08" core: JAM's central pixel needs
-#: it), 2 x 2 within 0.3", 1 beyond. Used when a file does not say (SUPERSAM, SSRADII).
-DEFAULT_SUPERSAMPLING = (8, 2, 1)
-DEFAULT_SUPERSAMPLING_RADII = (0.1, 0.3)
+#: it), 2 x 2 within 0.3", 1 within 0.8", one sample per 2 x 2 pixels beyond. Used when a file
+#: does not say (SUPERSAM, SSRADII). The outer blocks halve the paper mock's points (4836 ->
+#: 2505) and the kinematic value + gradient time, for binned errors <= 0.07 km/s, less than
+#: the 1 x 1 ring's own (``benchmarks/model_sampling.py``); they are sized for 0.05" pixels:
+#: coarser IFU pixels want a larger last radius, in proportion.
+DEFAULT_SUPERSAMPLING = (8, 2, 1, Fraction(1, 2))
+DEFAULT_SUPERSAMPLING_RADII = (0.1, 0.3, 0.8)
 
 
 @struct.dataclass
@@ -438,7 +444,7 @@ def write_kinematic_fits(
     if psf_fwhm is not None:
         hdr["PSFFWHM"] = (float(psf_fwhm), "Gaussian PSF FWHM [arcsec]")
     if supersampling is not None:
-        hdr["SUPERSAM"] = (",".join(str(int(f)) for f in np.atleast_1d(supersampling)),
+        hdr["SUPERSAM"] = (kin.format_supersampling(supersampling),
                            "samples per pixel side, inner to outer ring")
     if supersampling_radii is not None:
         hdr["SSRADII"] = (",".join(repr(float(r)) for r in np.atleast_1d(supersampling_radii)),
@@ -572,7 +578,7 @@ def load_kinematic_data(path, *, supersampling=None, supersampling_radii=None,
         raise ValueError(f"vrms: {name} has NBINS = {nbins} but VRMS has "
                          f"{np.size(kwargs['vrms'])} entries")
     if supersampling is None:
-        supersampling = (_parse_list("supersampling", hdr["SUPERSAM"], int)
+        supersampling = (_parse_list("supersampling", hdr["SUPERSAM"], str)
                          if "SUPERSAM" in hdr else DEFAULT_SUPERSAMPLING)
         if supersampling_radii is None:
             supersampling_radii = (_parse_list("supersampling_radii", hdr["SSRADII"], float)

@@ -509,12 +509,16 @@ def write_demo_data(out, seed: int = 0) -> dict:
     """The demo's JAM-truth mock: IFU kinematics + imaging and delays of one lens
     (``jkin.mocks.PAPER_MOCK_THETA``), as FITS files with their TRUTH tables."""
     from jkin import lensing, mocks
+    from jkin.data import DEFAULT_SUPERSAMPLING, DEFAULT_SUPERSAMPLING_RADII
     from jkin.lensing_data import save_lensing_data
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kin_path, lens_path = out / "ifu.fits", out / "lens.fits"
-    mocks.make_mock_ifu(seed=seed, path=kin_path, overwrite=True)
+    # the truth at mocks.TRUTH_SUPERSAMPLING, the model at the (coarser, cheaper) default
+    mocks.make_mock_ifu(seed=seed, path=kin_path, overwrite=True,
+                        model_supersampling=DEFAULT_SUPERSAMPLING,
+                        model_supersampling_radii=DEFAULT_SUPERSAMPLING_RADII)
     # rendered (and fitted) without supersampling: 3x cheaper per likelihood call (3.3 against
     # 10 ms for value + gradient in float64), which is what lets the demo finish in minutes
     mock = lensing.make_mock_lensing(seed=seed, settings=lensing.MockSettings(

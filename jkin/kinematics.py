@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,7 @@ __all__ = [
     "pixel_to_sky",
     "subpixel_sky_coordinates",
     "normalise_supersampling",
+    "format_supersampling",
     "adaptive_samples",
     "sersic_bn",
     "sersic_light",
@@ -201,28 +203,45 @@ def subpixel_sky_coordinates(nx, ny, transform_pix2angle, ra_at_xy_0, dec_at_xy_
     return pixel_to_sky(ii, jj, M, float(ra_at_xy_0), float(dec_at_xy_0))
 
 
+def _sampling_factor(f):
+    """One supersampling factor as an int >= 1 or a Fraction 1/k (k >= 2), else None.
+    Accepts ints, floats equal to either (0.5, 1/3 to 1e-9) and strings ("2", "1/2")."""
+    if isinstance(f, (bool, np.bool_)):
+        return None
+    try:
+        frac = Fraction(f.strip()) if isinstance(f, str) else Fraction(float(f))
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
+        return None
+    near = frac.limit_denominator(10_000)
+    if abs(float(near) - float(frac)) > 1e-9 or near <= 0:
+        return None
+    if near.denominator == 1:
+        return int(near)
+    return near if near.numerator == 1 else None
+
+
 def normalise_supersampling(supersampling, supersampling_radii=()):
     """(factors, radii) of a supersampling spec, validated; ``ValueError`` names the field.
 
     ``supersampling``: an int s (uniform s x s sub-pixels per pixel; radii ignored) or a
     sequence (s_0, s_1, ..., s_L) with ``supersampling_radii`` (r_1 < ... < r_L) [arcsec]:
     pixels whose centre lies within r_1 of the centre get s_0 x s_0 samples, within r_2
-    s_1 x s_1, ..., beyond r_L s_L x s_L. Every factor divides s_0, the fine grid's.
+    s_1 x s_1, ..., beyond r_L s_L x s_L. The first factor, the fine grid's, is an integer;
+    every other is an integer dividing it or a unit fraction 1/k ("1/2", 0.5): one sample per
+    k x k block of pixels (blocks aligned on the padded grid, split where a ring or the
+    sampled region ends). Returned factors are ints and ``fractions.Fraction``s.
     """
-    if np.ndim(supersampling) == 0:
-        factors, radii = (supersampling,), ()
-    else:
-        factors, radii = tuple(supersampling), tuple(np.atleast_1d(supersampling_radii))
-    out = []
-    for f in factors:
-        if isinstance(f, bool) or not float(f).is_integer() or int(f) < 1:
-            raise ValueError(f"supersampling: factors must be integers >= 1; got {supersampling!r}")
-        out.append(int(f))
+    raw = (supersampling,) if np.ndim(supersampling) == 0 else tuple(supersampling)
+    radii = () if np.ndim(supersampling) == 0 else tuple(np.atleast_1d(supersampling_radii))
+    out = [_sampling_factor(f) for f in raw]
     if not out:
         raise ValueError("supersampling: give at least one factor")
-    if any(out[0] % f for f in out):
-        raise ValueError(f"supersampling: every factor must divide the first (finest); "
-                         f"got {tuple(out)}")
+    if any(f is None for f in out) or not isinstance(out[0], int):
+        raise ValueError(f"supersampling: factors must be integers >= 1 or unit fractions 1/k "
+                         f"(k >= 2), the first an integer; got {supersampling!r}")
+    if any(isinstance(f, int) and out[0] % f for f in out):
+        raise ValueError(f"supersampling: every integer factor must divide the first "
+                         f"(finest); got {tuple(str(f) for f in out)}")
     radii = tuple(float(r) for r in radii)
     if len(radii) != len(out) - 1:
         raise ValueError(f"supersampling_radii: {len(out)} factors need {len(out) - 1} radii; "
@@ -232,16 +251,25 @@ def normalise_supersampling(supersampling, supersampling_radii=()):
     return tuple(out), radii
 
 
+def format_supersampling(factors) -> str:
+    """A supersampling spec as the FITS SUPERSAM card writes it: "8,2,1,1/2"."""
+    factors = (factors,) if np.ndim(factors) == 0 else tuple(factors)
+    parsed = [_sampling_factor(f) for f in factors]  # a bad one as given (the loader names it)
+    return ",".join(str(f if p is None else p) for f, p in zip(factors, parsed))
+
+
 def adaptive_samples(nx, ny, transform_pix2angle, ra_at_xy_0, dec_at_xy_0, supersampling,
                      supersampling_radii=(), centre=(0.0, 0.0), pad=0, need=None):
     """Sample points of (adaptively) supersampled pixels (numpy; geometry fixed per data set).
 
     The grid, padded by ``pad`` pixels, is split into s_0 x s_0 sub-pixels (the fine grid, of
-    shape ((ny + 2 pad) s_0, (nx + 2 pad) s_0)); a pixel sampled f x f times
-    (``normalise_supersampling``; distances from ``centre`` (ra, dec) to the pixel centre) has
-    each sample stand for the (s_0 / f)^2 fine sub-pixels around it, placed at their mean.
-    ``need`` (padded pixel mask) limits the pixels sampled. Returns (group, sample_ra,
-    sample_dec): ``group`` (fine grid) is the sample of each fine sub-pixel, -1 if none.
+    shape ((ny + 2 pad) s_0, (nx + 2 pad) s_0)). A pixel of ring level l (its centre's distance
+    from ``centre`` (ra, dec); ``normalise_supersampling``) of factor f is covered by squares of
+    g = s_0 / f fine sub-pixels per side, aligned on the fine grid: f x f squares per pixel for
+    an integer f, one square per k x k pixels for f = 1/k. Each square's sub-pixels of that
+    level (and in ``need``, the padded pixel mask of pixels to sample) share one sample, placed
+    at their mean. Returns (group, sample_ra, sample_dec): ``group`` (fine grid) is the sample
+    of each fine sub-pixel, -1 if none.
     """
     factors, radii = normalise_supersampling(supersampling, supersampling_radii)
     s = factors[0]
@@ -249,14 +277,15 @@ def adaptive_samples(nx, ny, transform_pix2angle, ra_at_xy_0, dec_at_xy_0, super
     pix_ra, pix_dec = subpixel_sky_coordinates(nx, ny, M, ra_at_xy_0, dec_at_xy_0, 1, pad)
     dist = np.hypot(pix_ra - centre[0], pix_dec - centre[1])
     level = np.searchsorted(np.asarray(radii), dist, side="left")  # r <= radius -> that level
-    f_pix = np.asarray(factors)[level]
+    side = np.array([int(Fraction(s) / f) for f in factors])  # fine sub-pixels per sample side
     if need is None:
         need = np.ones(pix_ra.shape, bool)
     rep = lambda a: np.repeat(np.repeat(a, s, axis=0), s, axis=1)  # noqa: E731
-    rr, cc = np.indices((pix_ra.shape[0] * s, pix_ra.shape[1] * s))
-    g = rep(s // f_pix)  # fine sub-pixels per sample side
-    pixel = (rr // s) * pix_ra.shape[1] + cc // s
-    key = (pixel * s + (rr % s) // g) * s + (cc % s) // g
+    H, W = pix_ra.shape[0] * s, pix_ra.shape[1] * s
+    rr, cc = np.indices((H, W))
+    lev = rep(level)
+    g = side[lev]
+    key = (lev * H + rr // g) * W + cc // g
     keep = rep(need).ravel()
     group = np.full(key.size, -1)
     _, group[keep] = np.unique(key.ravel()[keep], return_inverse=True)

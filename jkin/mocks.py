@@ -16,8 +16,9 @@
 4. the noiseless binned v_rms: the same operator as ``jkin.kinematics.predict_binned_vrms``
    (sub-pixels, sky -> galaxy transform, light-weighted v^2, PSF, bins, distance factor) but
    written independently in numpy (explicit convolution and bin sums), sampled like the
-   forward model (default: 8 x 8 sub-pixels within 0.1" of the lens, 2 x 2 within 0.3",
-   1 beyond: 4836 points for 55 x 55 pixels with the PSF padding), with the signed JAM <v^2>
+   forward model's adaptive rings (``TRUTH_SUPERSAMPLING``: 8 x 8 sub-pixels within 0.1" of
+   the lens, 2 x 2 within 0.3", 1 beyond: 4836 points for 55 x 55 pixels with the PSF
+   padding; the file records the model's sampling, by default the same), with the signed JAM <v^2>
    (``jkin.jam.jam_vrms2``, ``truth="jam"``) or the emulator's (``kin.emulator_v2``,
    ``truth="emulator"``) at the sample points, clipped at zero only after the bin sums, as
    JAM does. JAM is singular at exactly (0, 0): with even factors and the centre on a
@@ -52,10 +53,18 @@ __all__ = [
     "velocity_error_fraction",
     "binned_vrms_numpy",
     "make_mock_ifu",
+    "TRUTH_SUPERSAMPLING",
+    "TRUTH_SUPERSAMPLING_RADII",
 ]
 
 #: Exposure time [s] of the mock photometry (zero point 26 = 1 e-/s): 30-35 bins at S/N 15.
 EXPOSURE = 60.0
+
+#: Default sampling of the mocks' true v_rms (``jkin.kinematics.normalise_supersampling``): 8 x 8
+#: sub-pixels within 0.1" of the lens, 2 x 2 within 0.3", 1 beyond; finer than the forward
+#: model's default (``jkin.data.DEFAULT_SUPERSAMPLING``, one sample per 2 x 2 pixels far out).
+TRUTH_SUPERSAMPLING = (8, 2, 1)
+TRUTH_SUPERSAMPLING_RADII = (0.1, 0.3)
 
 #: True parameters of the default mock (a typical lens; inside the emulator's training space).
 PAPER_MOCK_THETA = {
@@ -186,8 +195,10 @@ def make_mock_ifu(
     sky_mag=20.0,
     exposure=EXPOSURE,
     target_sn=15.0,
-    supersampling=kdata.DEFAULT_SUPERSAMPLING,
-    supersampling_radii=kdata.DEFAULT_SUPERSAMPLING_RADII,
+    supersampling=TRUTH_SUPERSAMPLING,
+    supersampling_radii=TRUTH_SUPERSAMPLING_RADII,
+    model_supersampling=None,
+    model_supersampling_radii=None,
     psf_truncate=4.0,
     jam_settings=None,
     path=None,
@@ -197,8 +208,11 @@ def make_mock_ifu(
 
     ``params_sky``: mapping of the 13 ``THETA_NAMES`` (default ``PAPER_MOCK_THETA``);
     ``truth``: "jam" (jkin.jam, numpy; ~1-5 ms per sub-pixel) or "emulator" (then give
-    ``emulator``). ``supersampling``, ``supersampling_radii``: the sampling of the truth,
-    recorded in the file as the forward model's (centred on the true lens centre).
+    ``emulator``). ``supersampling``, ``supersampling_radii``: the sampling of the truth
+    (default ``TRUTH_SUPERSAMPLING``); ``model_supersampling``, ``model_supersampling_radii``:
+    the forward model's, recorded in the file (default: the truth's; pass
+    ``jkin.data.DEFAULT_SUPERSAMPLING`` and its radii for the cheaper default), both centred on
+    the true lens centre.
     Written to ``path`` (FITS, with the truth in the TRUTH table) if given, and always
     returned as read back by ``jkin.data.load_kinematic_data``.
     """
@@ -229,6 +243,13 @@ def make_mock_ifu(
     factors, radii = kin.normalise_supersampling(supersampling, supersampling_radii)
     sampling = dict(supersampling=factors, supersampling_radii=radii,
                     supersampling_centre=(theta["x_c"], theta["y_c"]))
+    if model_supersampling is None:
+        model_sampling = sampling
+    else:
+        m_factors, m_radii = kin.normalise_supersampling(
+            model_supersampling, () if model_supersampling_radii is None
+            else model_supersampling_radii)
+        model_sampling = dict(sampling, supersampling=m_factors, supersampling_radii=m_radii)
     kernel = kin.gaussian_psf_kernel(psf_fwhm, M, factors[0], truncate=psf_truncate)
 
     # photometry: the blurred Sersic per pixel comes out of the same sub-pixel sums as the truth
@@ -272,7 +293,7 @@ def make_mock_ifu(
     out = io.BytesIO() if path is None else path
     kdata.write_kinematic_fits(
         out, vrms=vrms, bin_index=bin_index, transform_pix2angle=M, ra_at_xy_0=ra0,
-        dec_at_xy_0=dec0, vrms_err=err, psf_fwhm=psf_fwhm, **sampling,
+        dec_at_xy_0=dec0, vrms_err=err, psf_fwhm=psf_fwhm, **model_sampling,
         bin_sn=bin_sn, vrms_true=vrms_true, flux=flux, truth=theta, header=header,
         overwrite=overwrite,
     )

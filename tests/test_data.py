@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -65,7 +66,20 @@ def test_round_trip_and_fields():
         (4, 2, 1), (0.1, 0.25), (0.05, -0.05))
     np.testing.assert_array_equal(again.bin_psf_weights, adaptive.bin_psf_weights)
     # a file without SUPERSAM gets the default sampling
-    assert kdata.load_kinematic_data(write(supersampling=None)).supersampling == (8, 2, 1)
+    default = kdata.load_kinematic_data(write(supersampling=None))
+    assert (default.supersampling, default.supersampling_radii) == (
+        kdata.DEFAULT_SUPERSAMPLING, kdata.DEFAULT_SUPERSAMPLING_RADII)
+    # unit-fraction levels (one sample per k x k pixels) round-trip as "1/k"
+    blocks = kdata.load_kinematic_data(buf, supersampling=(4, 1, 0.5), supersampling_radii=(
+        0.05, 0.1))
+    buf4 = io.BytesIO()
+    kdata.save_kinematic_data(buf4, blocks)
+    assert fits.getheader(io.BytesIO(buf4.getvalue()))["SUPERSAM"] == "4,1,1/2"
+    again = kdata.load_kinematic_data(buf4)
+    assert again.supersampling == (4, 1, Fraction(1, 2)) and again.supersampling_radii == (
+        0.05, 0.1)
+    np.testing.assert_array_equal(again.bin_psf_weights, blocks.bin_psf_weights)
+    assert blocks.sample_ra.size < adaptive.sample_ra.size
 
 
 def test_full_covariance_and_pixel_kernel_round_trip(tmp_path):
@@ -120,6 +134,12 @@ NOT_PD = np.array([[1.0, 2, 0, 0], [2, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     (dict(transform_pix2angle=np.zeros((2, 2))), "transform_pix2angle", "singular"),
     (dict(supersampling=0), "supersampling", ">= 1"),
     (dict(supersampling=(4, 3), supersampling_radii=(0.1,)), "supersampling", "divide"),
+    (dict(supersampling=(4, 0.4), supersampling_radii=(0.1,)), "supersampling",
+     "unit fractions"),
+    (dict(supersampling=(4, "2/3"), supersampling_radii=(0.1,)), "supersampling",
+     "unit fractions"),
+    (dict(supersampling=("1/2", 1), supersampling_radii=(0.1,)), "supersampling",
+     "the first an integer"),
     (dict(supersampling=(4, 2, 1), supersampling_radii=(0.1,)), "supersampling_radii",
      "need 2 radii"),
     (dict(supersampling=(4, 2, 1), supersampling_radii=(0.3, 0.1)), "supersampling_radii",
@@ -168,8 +188,9 @@ def test_mock_recipe(tmp_path):
     assert 20 <= data.n_bins <= 50
     assert np.allclose(np.abs(np.diag(data.transform_pix2angle)), 0.05)
     assert data.transform_pix2angle[0, 0] < 0  # RA flipped
-    assert data.psf_fwhm == 0.1 and data.supersampling == (8, 2, 1)
-    assert data.supersampling_radii == (0.1, 0.3)
+    # the file records the truth's sampling as the model's unless told
+    assert data.psf_fwhm == 0.1 and data.supersampling == mocks.TRUTH_SUPERSAMPLING == (8, 2, 1)
+    assert data.supersampling_radii == mocks.TRUTH_SUPERSAMPLING_RADII == (0.1, 0.3)
     # bins reach about the target S/N; errors follow 10% -> 5% between S/N 10 and 40
     assert np.median(data.bin_sn) == pytest.approx(15, rel=0.15)
     frac = np.diag(data.cov_cholesky) / data.vrms_true

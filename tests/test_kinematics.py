@@ -416,7 +416,7 @@ def cored_map(params, x, y):
 def test_adaptive_supersampling_limits_are_the_uniform_grids(emulator_mock):
     """Fine sampling everywhere = the uniform fine grid; nowhere = the uniform outer grid
     (without PSF: with one, the kernel's own sampling, fine or outer, differs)."""
-    assert emulator_mock.supersampling == kdata.DEFAULT_SUPERSAMPLING
+    assert emulator_mock.supersampling == mocks.TRUTH_SUPERSAMPLING
     with jax.enable_x64(True):
         f = lambda d: np.asarray(kin.predict_binned_vrms(THETA, d, cored_map))  # noqa: E731
         for data in (emulator_mock, dataclass_replace_psf(emulator_mock)):
@@ -452,6 +452,66 @@ def test_adaptive_supersampling_against_uniform_fine_sampling(emulator_mock):
         ref = f(fine)
         assert np.abs(f(default) / ref - 1).max() < 1e-3
         assert np.abs(f(load(supersampling=1)) / ref - 1).max() > 5e-3
+
+
+def test_block_levels_group_whole_pixel_blocks():
+    """A 1/k level samples each k x k block of pixels once (blocks aligned on the padded grid,
+    split where a ring or the sampled region ends), at the mean of its fine sub-pixels; against
+    a numpy loop over pixels and sub-pixels."""
+    nx, ny, s, pad = 7, 6, 2, 1
+    M, ra0, dec0 = np.array([[-0.1, 0.0], [0.0, 0.1]]), 0.3, -0.25
+    need = np.ones((ny + 2 * pad, nx + 2 * pad), bool)
+    need[0, :3] = need[4, 6] = False
+    radii = (0.1, 0.25)
+    group, ra, dec = kin.adaptive_samples(nx, ny, M, ra0, dec0, (2, 1, "1/2"), radii,
+                                          (0.02, 0.0), pad, need)
+    pra, pdec = kin.subpixel_sky_coordinates(nx, ny, M, ra0, dec0, 1, pad)
+    fra, fdec = kin.subpixel_sky_coordinates(nx, ny, M, ra0, dec0, s, pad)
+    members = {}
+    for r in range(ny + 2 * pad):
+        for c in range(nx + 2 * pad):
+            if not need[r, c]:
+                continue
+            d = math.hypot(pra[r, c] - 0.02, pdec[r, c])
+            level = 0 if d <= radii[0] else 1 if d <= radii[1] else 2
+            for sr in range(s):
+                for sc in range(s):
+                    R, C = r * s + sr, c * s + sc
+                    key = {0: (0, R, C), 1: (1, r, c), 2: (2, r // 2, c // 2)}[level]
+                    members.setdefault(key, []).append((R, C))
+    assert {k[0] for k in members} == {0, 1, 2} and len(members) == ra.size
+    assert np.sum(group >= 0) == sum(len(m) for m in members.values())
+    for mem in members.values():
+        (g,) = {int(group[R, C]) for R, C in mem}
+        np.testing.assert_allclose([ra[g], dec[g]], [np.mean([fra[R, C] for R, C in mem]),
+                                                     np.mean([fdec[R, C] for R, C in mem])],
+                                   rtol=0, atol=1e-12)
+
+
+def test_block_sampled_model_against_numpy_and_the_finer_truth():
+    """A mock whose file records the default model sampling (one sample per 2 x 2 pixels beyond
+    0.8") while its truth is sampled at mocks.TRUTH_SUPERSAMPLING: the JAX operator equals the
+    numpy one at the model's sampling, and the finer truth to < 1e-3."""
+    theta = dict(THETA, x_c=0.0, y_c=0.0)
+    data = mocks.make_mock_ifu(theta, seed=3, truth="emulator", emulator=asym_emulator,
+                               n_pix=41, exposure=150.0,
+                               model_supersampling=kdata.DEFAULT_SUPERSAMPLING,
+                               model_supersampling_radii=kdata.DEFAULT_SUPERSAMPLING_RADII)
+    assert data.supersampling == kdata.DEFAULT_SUPERSAMPLING
+    with jax.enable_x64(True):
+        got = np.asarray(kin.predict_binned_vrms(theta, data, asym_emulator))
+    params = np.array([theta[k] for k in cv.PARAM_NAMES])
+    M, ra0, dec0 = mocks.mock_grid(41, 0.05)
+    kernel = kin.gaussian_psf_kernel(0.1, M, kdata.DEFAULT_SUPERSAMPLING[0])
+    ref, _ = mocks.binned_vrms_numpy(
+        lambda x, y: np.asarray(asym_emulator(params, x, y)) ** 2, theta, data.bin_index, M,
+        ra0, dec0, kernel, kdata.DEFAULT_SUPERSAMPLING, kdata.DEFAULT_SUPERSAMPLING_RADII)
+    # (float64; the JAX Sersic's 1e-4" softening and b_n series leave ~2e-7)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert np.abs(got / data.vrms_true - 1).max() < 1e-3
+    fine = mocks.make_mock_ifu(theta, seed=3, truth="emulator", emulator=asym_emulator,
+                               n_pix=41, exposure=150.0)
+    assert data.sample_ra.size < 0.75 * fine.sample_ra.size
 
 
 def test_measured_light_map_replaces_the_sersic():
