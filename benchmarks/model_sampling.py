@@ -109,8 +109,8 @@ def main(argv=None):
         spec = kin.format_supersampling(factors)
         rad = ",".join(f"{r:g}" for r in radii) or "-"
         print(f"{spec:>20s} {rad:>20s} {d.sample_ra.size:7d} {dv.max():8.4f} "
-              f"{np.percentile(dv, 99):8.4f} {(dv / err).max():11.5f} {d_old:>8s} {cost_ms(d):9.2f}",
-              flush=True)
+              f"{np.percentile(dv, 99):8.4f} {(dv / err).max():11.5f} {d_old:>8s} "
+              f"{cost_ms(d):9.2f}", flush=True)
     print("(|dv| in km/s: binned v_rms minus the uniform 8 x 8 reference's, over all bins and "
           "draws; 'vs 8,2,1': max |dv| against the (8,2,1) spec, the coarse levels' own error; "
           "the last spec, 2 x 2 everywhere beyond 0.1\", is for scale)")
