@@ -19,6 +19,7 @@ gets on a 2-core CPU). ``--png`` plots the sample points of two specs.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -59,7 +60,7 @@ def main(argv=None):
 
     emu = Emulator.load(args.weights)
     base = mocks.make_mock_ifu(seed=0, truth="emulator", emulator=emu)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     kdata.save_kinematic_data(buf, base)
 
     rng = np.random.default_rng(1)
