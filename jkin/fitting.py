@@ -63,7 +63,8 @@ _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
                            num_chains=2, max_tree_depth=8, target_accept=0.8,
                            chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1,
-                           init_from="", mass_matrix="auto", precision="float64")
+                           init_from="", mass_matrix="auto", precision="float64",
+                           light_precision="float32")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
 MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
@@ -174,6 +175,9 @@ def load_config(path) -> FitConfig:
     if inference["precision"] not in ("float64", "float32"):
         _err(path, f"inference.precision = {inference['precision']!r} must be 'float64' or "
              "'float32'")
+    if inference["light_precision"] not in ("float64", "float32"):
+        _err(path, f"inference.light_precision = {inference['light_precision']!r} must be "
+             "'float64' or 'float32'")
     if inference["init_from"]:
         p = (base / inference["init_from"]).resolve()
         p = p / "fit.json" if p.is_dir() else p
@@ -260,8 +264,11 @@ def fit_inputs(cfg: FitConfig):
     if cfg.lensing is not None and cfg.mode in ("lensing", "joint"):
         from jkin.lensing_data import load_lensing_data
 
+        from jkin.lensing import LensModelConfig
+
         kwargs["lens_data"] = load_lensing_data(cfg.lensing)
         kwargs["scales"] = inf.amplitude_scales(kwargs["lens_data"])
+        kwargs["config"] = LensModelConfig(light_precision=cfg.inference["light_precision"])
     return inf.MODELS[cfg.mode][0], kwargs
 
 

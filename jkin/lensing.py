@@ -132,6 +132,7 @@ PARAM_UNITS = {
 
 _PS_AMPLITUDES = ("free", "magnified")
 _NOISE_MODELS = ("map", "model")
+_PRECISIONS = ("float32", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +157,13 @@ class LensModelConfig:
     source_plane_sigma
         Tolerance [arcsec] of the source-plane consistency term that takes over only where the
         solver has not converged (see ``source_plane_log_likelihood``).
+    light_precision
+        Precision of the extended light: the lens light and the lensed source on the
+        supersampled grid (ray shooting, profiles) and their PSF convolution. ``"float32"``
+        (default) halves the cost of the imaging likelihood + gradient on a CPU and changes the
+        model image by < 1e-6 of its peak; ``"float64"`` follows the caller's precision. The
+        parameters, the image positions, the quasar images, the delays and the chi^2 sum stay in
+        the caller's precision either way (benchmarks/results/light_precision.txt).
     """
 
     share_light_center: bool = True
@@ -166,6 +174,7 @@ class LensModelConfig:
     newton_iterations: int = 12
     newton_max_step: float = 0.1
     source_plane_sigma: float = 1e-3
+    light_precision: str = "float32"
 
     def __post_init__(self):
         if self.point_source_amplitudes not in _PS_AMPLITUDES:
@@ -181,6 +190,9 @@ class LensModelConfig:
             raise ValueError(f"newton_max_step must be > 0; got {self.newton_max_step}")
         if not self.source_plane_sigma > 0:
             raise ValueError(f"source_plane_sigma must be > 0; got {self.source_plane_sigma}")
+        if self.light_precision not in _PRECISIONS:
+            raise ValueError(f"light_precision must be one of {_PRECISIONS}; "
+                             f"got {self.light_precision!r}")
 
 
 DEFAULT_CONFIG = LensModelConfig()
@@ -633,17 +645,30 @@ def _point_amplitudes(params, config, x_img, y_img):
     return params["amp_ps"] * jnp.abs(magnification(x_img, y_img, params))
 
 
+def _extended_light(params, data, config, supersampling=None):
+    """Lens light + lensed source on the supersampled grid, binned and convolved with the PSF
+    (one convolution of their sum), computed in ``config.light_precision`` and returned in the
+    default float type."""
+    li = _herculens_image(data, supersampling)
+    out = jnp.result_type(float)
+    dtype = jnp.float32 if config.light_precision == "float32" else out
+    x, y = li.ImageNumerics.coordinates_evaluate
+    kw_lens_light, kw_source = _light_kwargs(params, config)
+    x, y, kw_lens, kw_lens_light, kw_source, psf = jax.tree.map(
+        lambda a: jnp.asarray(a, dtype),
+        (x, y, _mass_kwargs(params), kw_lens_light, kw_source, data.psf_kernel))
+    xs, ys = li.MassModel.ray_shooting(x, y, kw_lens)
+    flux = (li.SourceModel.surface_brightness(xs, ys, kw_source)
+            + li.LensLightModel.surface_brightness(x, y, kw_lens_light))
+    return li.ImageNumerics.re_size_convolve(flux, kwargs_psf={"pixels": psf}).astype(out)
+
+
 def _model_image(params, data, config, x_img, y_img, supersampling=None):
     li = _herculens_image(data, supersampling)
-    kw_lens = _mass_kwargs(params)
-    kw_lens_light, kw_source = _light_kwargs(params, config)
-    kw_psf = {"pixels": jnp.asarray(data.psf_kernel)}
     amps = _point_amplitudes(params, config, x_img, y_img)
-    model = li.source_surface_brightness(kw_source, kw_lens, kwargs_psf=kw_psf)
-    model = model + li.lens_surface_brightness(kw_lens_light, kwargs_psf=kw_psf)
-    model = model + li.point_source_image([dict(ra=x_img, dec=y_img, amp=amps)], kw_lens, None,
-                                          kwargs_psf=kw_psf)
-    return model
+    quasars = li.point_source_image([dict(ra=x_img, dec=y_img, amp=amps)], _mass_kwargs(params),
+                                    None, kwargs_psf={"pixels": jnp.asarray(data.psf_kernel)})
+    return _extended_light(params, data, config, supersampling) + quasars
 
 
 def lens_image_model(params, data: LensingData, config: LensModelConfig = DEFAULT_CONFIG, *,
@@ -948,8 +973,9 @@ def make_mock_lensing(seed=0, truth: dict | None = None, settings: MockSettings 
         image=zeros, noise_map=np.ones_like(zeros), psf_kernel=psf, mask=np.ones_like(zeros),
         x_image=xi, y_image=yi, time_delays=dt, time_delay_errors=np.where(td_err > 0, td_err, 1.0),
         supersampling=st.supersampling, background_rms=bkg_rms, exposure_time=t_exp, **geometry)
+    exact = dataclasses.replace(config, light_precision="float64")  # the caller's full precision
     model = np.asarray(jax.jit(_model_image, static_argnums=(2, 5))(
-        p, proto, config, jnp.asarray(xi), jnp.asarray(yi), st.mock_supersampling), dtype=float)
+        p, proto, exact, jnp.asarray(xi), jnp.asarray(yi), st.mock_supersampling), dtype=float)
     model = np.maximum(model, 0.0)
 
     noise_map = np.sqrt(bkg_rms**2 + model / t_exp)

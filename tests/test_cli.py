@@ -85,6 +85,22 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
         fitting.config_potential(cfg_a, mode="joint")
 
 
+def test_light_precision_reaches_the_lens_model(tmp_path):
+    """``inference.light_precision`` (default "float32") becomes the lens model's
+    ``LensModelConfig.light_precision`` in lensing and joint fits."""
+    from jkin import lensing
+    from jkin.lensing_data import save_lensing_data
+
+    mock = lensing.make_mock_lensing(3, settings=lensing.MockSettings(n_pix=20, psf_size=5))
+    save_lensing_data(tmp_path / "lens.fits", mock.data, truth=mock.truth)
+    for inference, want in (({}, "float32"), ({"light_precision": "float64"}, "float64")):
+        cfg = fitting.write_config(tmp_path / f"{want}.toml", mode="lensing",
+                                   data={"lensing": "lens.fits"}, output=want,
+                                   inference=inference)
+        _, kwargs = fitting.fit_inputs(fitting.load_config(cfg))
+        assert kwargs["config"] == lensing.LensModelConfig(light_precision=want)
+
+
 @pytest.mark.parametrize("body, key", [
     ('mode = "joint"\n[data]\nkinematics = "ifu.fits"\n', "data.lensing"),
     ('mode = "kinematic"\n', "mode"),
@@ -100,6 +116,8 @@ def test_fit_cli_end_to_end(tiny_ifu, tmp_path):
      "inference.mass_matrix"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ntarget_accept = 1\n',
      "inference.target_accept"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\n'
+     'light_precision = "half"\n', "inference.light_precision"),
     ('mode = \n', "not valid TOML"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ninit_from = "lens"\n',
      "inference.init_from"),
