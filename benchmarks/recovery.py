@@ -29,6 +29,9 @@ import numpy as np
 
 
 #: the galaxy parameters the imaging + delays mock is made from (the rest come from its seed)
+#: the issue's requirement: every joint fit's D_d within this fraction of its truth
+D_D_TOL = 0.1
+
 LENS_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "q_light", "R_sersic",
               "n_sersic", "D_dt")
 
@@ -46,7 +49,8 @@ def system_truths(n: int, seed: int = 2023) -> list[dict]:
         t = dict(zip(cv.PARAM_NAMES, map(float, p)))
         if not out:  # the zero-valued-pixel system
             t.update(beta_z=0.38, q_light=0.97)
-            t["inclination"] = max(t["inclination"], float(cv.inclination_min(t["q_mass"], 0.97)) + 1)
+            i_min = float(cv.inclination_min(t["q_mass"], 0.97))
+            t["inclination"] = max(t["inclination"], i_min + 1)
         t["phi"] = float(rng.uniform(-90, 90))
         t["x_c"], t["y_c"] = (float(v) for v in rng.uniform(-0.05, 0.05, 2))
         t["D_dt"] = float(cv.D_DT * rng.uniform(0.85, 1.15))
@@ -269,8 +273,9 @@ def report(out: Path, truths, modes, wall):
         cells = []
         for m in modes:
             r = row.get(m)
+            empty = f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}"
             cells.append(f"{r['max_rhat']:11.3f} {r['min_ess']:5.0f} {r['divergences']:4d} "
-                         f"{r['wall_s']:6.0f}" if r else f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}")
+                         f"{r['wall_s']:6.0f}" if r else empty)
         j = row.get("joint")
         dl = row.get("delays")
         lines.append(f"{row['system']:7d} " + " ".join(cells) + (
@@ -295,8 +300,8 @@ def report(out: Path, truths, modes, wall):
                 f"{wall_s.max():.0f} s")
         if m == "joint":
             dd = np.array([r["D_d_err"] for r in rows])
-            line += (f"; D_d within 10% in {int(np.sum(np.abs(dd) < 0.1))}/{len(rows)} "
-                     "(required: all)")
+            line += (f"; D_d within {D_D_TOL:.0%} in {int(np.sum(np.abs(dd) < D_D_TOL))}/"
+                     f"{len(rows)} (required: all)")
         lines.append(line)
         if m == "joint":
             lines.append(_d_d_expectation([r["D_d_rel_sd"] for r in rows]))
@@ -310,7 +315,7 @@ def report(out: Path, truths, modes, wall):
     _residual_figure(out / "recovery_pulls.png", pulls, names, modes, len(truths), pulls=True)
 
 
-def _d_d_expectation(rel_sd, tol=0.1) -> str:
+def _d_d_expectation(rel_sd, tol=D_D_TOL) -> str:
     """What a calibrated inference gives on these data: with its posterior mean off the truth
     by N(0, sd^2) (a Gaussian posterior of relative sd ``rel_sd``), D_d lands within ``tol`` of
     the truth with probability erf(tol / (sd sqrt 2)); the expected count and the probability

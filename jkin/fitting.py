@@ -167,17 +167,14 @@ def load_config(path) -> FitConfig:
         if inference[key] < 0:
             _err(path, f"inference.{key} = {inference[key]} must be >= 0")
     if inference["chain_method"] not in CHAIN_METHODS:
-        _err(path, "inference.chain_method must be 'auto', 'vectorized', 'sequential' or "
-             "'parallel'")
+        _err(path, f"inference.chain_method = {inference['chain_method']!r} must be one of "
+             f"{list(CHAIN_METHODS)}")
     if inference["mass_matrix"] not in MASS_MATRICES:
         _err(path, f"inference.mass_matrix = {inference['mass_matrix']!r} must be one of "
              f"{list(MASS_MATRICES)}")
-    if inference["precision"] not in ("float64", "float32"):
-        _err(path, f"inference.precision = {inference['precision']!r} must be 'float64' or "
-             "'float32'")
-    if inference["light_precision"] not in ("float64", "float32"):
-        _err(path, f"inference.light_precision = {inference['light_precision']!r} must be "
-             "'float64' or 'float32'")
+    for key in ("precision", "light_precision"):
+        if inference[key] not in ("float64", "float32"):
+            _err(path, f"inference.{key} = {inference[key]!r} must be 'float64' or 'float32'")
     if inference["init_from"]:
         p = (base / inference["init_from"]).resolve()
         p = p / "fit.json" if p.is_dir() else p
