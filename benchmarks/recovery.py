@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 
-#: the galaxy parameters the imaging + delays mock is made from (the rest come from its seed)
 #: the issue's requirement: every joint fit's D_d within this fraction of its truth
 D_D_TOL = 0.1
 #: the issue's goal for a joint fit's CPU wall time [s]
 WALL_GOAL_S = 600.0
 
+#: the galaxy parameters the imaging + delays mock is made from (the rest come from its seed)
 LENS_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "q_light", "R_sersic",
               "n_sersic", "D_dt")
 
@@ -271,11 +271,11 @@ def report(out: Path, truths, modes, wall):
         f"{m[:5] + ' R-hat':>11s} {'ESS':>5s} {'div':>4s} {'s':>6s}" for m in modes)
         + f" {'joint D_d err':>14s} {'(sd)':>6s} {'D_dt sd':>8s} {'delays: D_dt err':>16s} "
         f"{'(sd)':>6s} {'D_dt sd':>8s}")
+    empty = f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}"  # a mode without a fit
     for row in per_system:
         cells = []
         for m in modes:
             r = row.get(m)
-            empty = f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}"
             cells.append(f"{r['max_rhat']:11.3f} {r['min_ess']:5.0f} {r['divergences']:4d} "
                          f"{r['wall_s']:6.0f}" if r else empty)
         j = row.get("joint")

@@ -259,9 +259,8 @@ def fit_inputs(cfg: FitConfig):
         kwargs["kin_data"] = load_kinematic_data(cfg.kinematics)
         kwargs["emulator"] = Emulator.load(cfg.weights)
     if cfg.lensing is not None and cfg.mode in ("lensing", "joint"):
-        from jkin.lensing_data import load_lensing_data
-
         from jkin.lensing import LensModelConfig
+        from jkin.lensing_data import load_lensing_data
 
         kwargs["lens_data"] = load_lensing_data(cfg.lensing)
         kwargs["scales"] = inf.amplitude_scales(kwargs["lens_data"])

@@ -160,8 +160,8 @@ class LensModelConfig:
     light_precision
         Precision of the extended light: the lens light and the lensed source on the
         supersampled grid (ray shooting, profiles) and their PSF convolution. ``"float32"``
-        (default) halves the cost of the imaging likelihood + gradient on a CPU and changes the
-        model image by < 1e-6 of its peak; ``"float64"`` follows the caller's precision. The
+        (default) makes the lensing potential's value + gradient ~1.5x cheaper on a CPU and
+        changes the model image by < 1e-7 of its peak; ``"float64"`` follows the caller's precision. The
         parameters, the image positions, the quasar images, the delays and the chi^2 sum stay in
         the caller's precision either way (benchmarks/results/light_precision.txt).
     """
