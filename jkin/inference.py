@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -83,7 +84,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import (AffineTransform, ComposeTransform,
                                               ParameterFreeTransform, biject_to)
 from numpyro.infer import MCMC, NUTS, hmc_util
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import constrain_fn, potential_energy
 
 from jkin import conventions as cv
 from jkin import kinematics as kin
@@ -447,13 +448,32 @@ def _lensing_start(values, lens_data, priors, scales):
     return p
 
 
+def _latent_distributions(model, kwargs) -> dict:
+    trace = handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(**kwargs)
+    return {k: s["fn"] for k, s in trace.items()
+            if s["type"] == "sample" and not s["is_observed"]}
+
+
 def _potential(model, kwargs, with_transforms=False):
-    # validate_grad=False: numpyro would differentiate the model eagerly (seconds with imaging);
-    # every optimiser and sampler here checks its gradients for finiteness anyway
-    info = initialize_model(jax.random.PRNGKey(0), model, model_kwargs=kwargs,
-                            dynamic_args=False, validate_grad=False)
-    out = (info.potential_fn, info.postprocess_fn, info.param_info.z)
-    return out + (_latent_transforms(info.model_trace),) if with_transforms else out
+    """numpyro's potential energy of ``model`` (its data closed over), the post-processing
+    (constrained values and deterministic sites; compiled), an initial point (uniform in (-2, 2)
+    in unconstrained space) and, ``with_transforms``, the latent sites' bijections.
+
+    Without numpyro's ``initialize_model``, which runs the model eagerly, op by op, twice (the
+    recovery's joint model: 14 s on this CPU, mostly compiling ~330 single operations): the
+    latent sites' distributions come out of one trace under ``jax.jit`` (1.4 s), where the
+    likelihood, which they do not depend on, is never compiled."""
+    sites = jax.jit(functools.partial(_latent_distributions, model, kwargs))()
+    transforms = {k: biject_to(d.support) for k, d in sites.items()}
+    keys = jax.random.split(jax.random.PRNGKey(0), len(sites))
+    z0 = {k: jax.random.uniform(key, transforms[k].inverse_shape(sites[k].shape()),
+                                minval=-2.0, maxval=2.0)
+          for k, key in zip(sorted(sites), keys)}
+    potential_fn = functools.partial(potential_energy, model, (), kwargs)
+    postprocess_fn = jax.jit(functools.partial(constrain_fn, model, (), kwargs,
+                                               return_deterministic=True))
+    out = (potential_fn, postprocess_fn, z0)
+    return out + (transforms,) if with_transforms else out
 
 
 def image_position_model(lens_data, priors: Priors = Priors(), *, sigma: float = 0.003,
@@ -575,9 +595,13 @@ def _x64_kwargs(kwargs, use_x64):
 
 class _FlatPotential:
     """The potential on the flattened unconstrained latents, compiled once per potential
-    function: value and gradient, and the exact Hessian (forward over reverse mode). The imaging
-    Hessian takes ~17 s to compile on a CPU, and the MAP polish and NUTS need it up to three
-    times."""
+    function: value and gradient, and the exact Hessian (forward over reverse mode), which the
+    MAP polish and NUTS need up to three times.
+
+    The Hessian is built column by column from one compiled Hessian-vector product (the
+    recovery's joint potential, 26 parameters, on this CPU: 24 s to trace and compile, 26
+    products 0.6 s) rather than by ``jax.hessian``, whose batched program took 35 s to compile
+    for 0.35 s per call; the columns are the same up to rounding."""
 
     def __init__(self, potential_fn, z_like):
         flat, self.unravel = ravel_pytree(z_like)
@@ -588,7 +612,12 @@ class _FlatPotential:
             return potential_fn(self.unravel(x))
 
         self.value_and_grad = jax.jit(jax.value_and_grad(u))
-        self.hessian = jax.jit(jax.hessian(u))
+        self._hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(u), (x,), (v,))[1])
+
+    def hessian(self, x):
+        x = jnp.asarray(x, self.dtype)
+        eye = jnp.eye(x.size, dtype=self.dtype)
+        return jnp.stack([self._hvp(x, eye[i]) for i in range(x.size)], axis=1)
 
 
 _FLAT_POTENTIALS: list = []  # (potential_fn, _FlatPotential), the few most recent
@@ -873,8 +902,8 @@ class Potential:
     so a site's prior with its Jacobian is N(0, 1) in x. ``x64`` as in ``find_map`` (default
     float64, the emulator's network in float32): the methods switch JAX's float64 mode on
     themselves; ``fn``, the traceable x -> U, must be traced inside ``jax.enable_x64(pot.x64)``.
-    The value, gradient and Hessian are compiled once per ``Potential`` (the imaging Hessian
-    takes ~17 s to compile on a CPU)."""
+    The value and gradient, and the Hessian-vector product the Hessian is built from, are
+    compiled once per ``Potential`` (the recovery's joint potential on this CPU: ~12 and ~24 s)."""
 
     def __init__(self, model: Callable, kwargs: dict, *, x64: bool | None = None):
         self.x64 = _use_x64(kwargs, x64)
@@ -998,9 +1027,10 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     - "laplace": H^-1, fixed; warm-up adapts the step size only.
     - "pooled": H^-1 for the first half of the warm-up (a quarter adapting the step size, a
       quarter of draws), then re-estimated once from those draws, pooled over all chains
-      (``pooled_mass_matrix``), for the second half (step size re-adapted) and the sampling. It corrects the directions in which the
-      posterior is wider than its curvature at the MAP says: a parameter against its prior
-      bound (R_sersic near theta_E), a distance known to 20% only.
+      (``pooled_mass_matrix``), for the second half (step size re-adapted) and the sampling.
+      It corrects the directions in which the posterior is wider than its curvature at the
+      MAP says: a parameter against its prior bound (R_sersic near theta_E), a distance known
+      to 20% only.
     - "adapt": numpyro's windowed re-estimation, per chain, starting from H^-1. From a few
       hundred correlated warm-up draws of a ~25-parameter lensing posterior it made chains
       stall (demo quad, 150 + 150 draws: max R-hat 2.3 with it, 1.2 laplace); on the broad,
@@ -1098,15 +1128,6 @@ def pooled_mass_matrix(draws, laplace_cov: np.ndarray) -> np.ndarray:
     widened = (vec * np.maximum(lam, 1.0)) @ vec.T
     out = chol @ widened @ chol.T
     return 0.5 * (out + out.T)
-
-
-def _latent_transforms(model_trace) -> dict:
-    """site name -> bijection from unconstrained space onto its support, from a model trace
-    (all supports here are fixed, so one trace gives them)."""
-    from numpyro.distributions.transforms import biject_to
-
-    return {k: biject_to(s["fn"].support) for k, s in model_trace.items()
-            if s["type"] == "sample" and not s["is_observed"]}
 
 
 def _galaxy_deterministics(v) -> dict:
@@ -1248,7 +1269,8 @@ class FitResult:
     def summary(self, var_names=GALAXY_SITES):
         import arviz as az
 
-        return az.summary(self.idata, var_names=list(var_names), round_to="none")  # None still rounds
+        # round_to="none": None still rounds
+        return az.summary(self.idata, var_names=list(var_names), round_to="none")
 
 
 def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_steps: int = 500,

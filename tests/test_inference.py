@@ -178,6 +178,11 @@ def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
     np.testing.assert_allclose(g, fd, rtol=1e-3, atol=1e-3 * np.abs(g).max())
     hess = pot.hessian(x)
     assert hess.shape == (14, 14) and np.allclose(hess, hess.T, rtol=1e-6, atol=1e-6)
+    # built from Hessian-vector products: jax.hessian's (forward over reverse) columns, up to
+    # the float32 network's rounding, which differs between the two programs (~1e-6)
+    with jax.enable_x64(pot.x64):
+        want = np.asarray(jax.hessian(pot.fn)(jnp.asarray(x)))
+    np.testing.assert_allclose(hess, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
     # back to constrained values, batched, with the deterministic parameters
     back = pot.values(np.stack([x, x]))
