@@ -293,6 +293,33 @@ def test_nuts_recovers_a_two_parameter_problem():
     assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
 
 
+def test_nuts_starts_carry_the_potential_and_one_chain_runs():
+    # the chains start with their potential energy and gradient from the MAP search's compiled
+    # function (numpyro then leaves the start's potential out of its programs): they must be
+    # the potential's own, chain by chain; and a single chain takes its start unbatched
+    def model(y):
+        a = numpyro.sample("a", dist.Uniform(-10, 10))
+        b = numpyro.sample("b", dist.Normal(0.0, 2.0).expand([2]).to_event(1))
+        numpyro.sample("y", dist.Normal(a + b.sum(), 0.5), obs=y)
+
+    kw = dict(y=jnp.asarray([0.3, -0.2, 0.9]))
+    m = inf.find_map(model, kw, n_starts=2, n_steps=50, progress=False)
+    pf, z = m["potential_fn"], m["z"]
+    from jax.flatten_util import ravel_pytree
+
+    draws = np.asarray(ravel_pytree(z)[0]) + np.array([[0.1, 0.2, -0.3], [-0.4, 0.0, 0.5]])
+    start = inf._start(pf, z, draws)
+    for c in range(2):
+        zc = {k: v[c] for k, v in start.z.items()}
+        u, g = jax.value_and_grad(pf)(zc)
+        assert float(start.potential_energy[c]) == pytest.approx(float(u), rel=1e-5)
+        for k in z:
+            np.testing.assert_allclose(start.z_grad[k][c], g[k], rtol=1e-4, atol=1e-5)
+    mcmc = inf.run_nuts(model, kw, m, num_warmup=40, num_samples=20, num_chains=1,
+                        progress=False)
+    assert np.asarray(mcmc.get_samples(group_by_chain=True)["b"]).shape == (1, 20, 2)
+
+
 def test_probit_uniform_latent_is_standard_normal():
     # the bijection R -> (low, high) is low + (high - low) Phi(z): the uniform prior pushed back
     # to z is exactly N(0, 1) (log density + log Jacobian = normal log pdf), against scipy
