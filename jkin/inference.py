@@ -30,7 +30,11 @@ phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ 
                    uniform in (-90, 90], no wrap-around edge for NUTS (phi is defined mod 180)
 x_c, y_c [arcsec]  uniform in ``centre +- centre_half_width`` (default (0, 0) +- 0.5")
 D_dt, D_d [Mpc]    uniform in ``[D_dt_range]``, ``[D_d_range]`` (default 0.5-2x the fiducial
-                   distances of the emulator, 1443-5773 and 608-2431 Mpc)
+                   distances of the emulator, 1443-5773 and 608-2431 Mpc), independent;
+                   sampled as ``log_D_ratio`` = ln(D_d / D_dt) (``DistanceRatio``, its
+                   marginal under the box) and ``D_dt_frac`` ~ U(0, 1), the CDF of D_dt given
+                   the ratio (``distances``): the kinematics fix the ratio, the delays D_dt.
+                   An override of ``D_dt`` or ``D_d`` samples both directly
 gamma1/2_ext,      offsets from ``source_reference``, the shear and source position that best
 x_src, y_src       fit the measured image positions for the sampled EPL (linear least squares
                    in the image-plane metric): ``gamma1_ext = gamma1_ref + gamma1_ext_offset``,
@@ -95,7 +99,7 @@ __all__ = [
     "joint_model", "amplitude_scales", "find_map", "run_nuts", "fit", "FitResult",
     "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
     "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES", "Potential",
-    "laplace",
+    "laplace", "DistanceRatio", "distances", "distance_latents", "with_distance_latents",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -153,6 +157,76 @@ class ProbitUniform(dist.Uniform):
         return _ProbitInterval(self.low, self.high)
 
 
+class DistanceRatio(dist.Distribution):
+    """The prior of s = ln(D_d / D_dt) when D_dt ~ U(a1, b1) and D_d ~ U(a2, b2) independently
+    (``D_dt_range``, ``D_d_range`` [Mpc]): on [ln(a2 / b1), ln(b2 / a1)],
+
+        p(s) = e^s (hi(s)^2 - lo(s)^2) / (2 (b1 - a1) (b2 - a2)),
+        lo(s) = max(a1, a2 e^-s), hi(s) = min(b1, b2 e^-s)
+
+    (the D_dt for which D_d = D_dt e^s stays inside its range), sampled through the probit as a
+    ``ProbitUniform``. With D_dt given s drawn by the inverse of its conditional CDF (``p(D_dt |
+    s)`` proportional to D_dt on [lo(s), hi(s)]: ``distances``), the pair (D_dt, D_d) is exactly
+    uniform on the box. The kinematics fix s alone (v_rms scales with sqrt(D_dt / D_d)), the
+    delays D_dt."""
+
+    pytree_aux_fields = ("box",)
+
+    def __init__(self, D_dt_range, D_d_range, *, validate_args=None):
+        self.box = tuple(float(v) for v in (*D_dt_range, *D_d_range))
+        super().__init__(batch_shape=(), event_shape=(), validate_args=validate_args)
+
+    @property
+    def low(self):
+        a1, b1, a2, b2 = self.box
+        return math.log(a2 / b1)
+
+    @property
+    def high(self):
+        a1, b1, a2, b2 = self.box
+        return math.log(b2 / a1)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return _ProbitInterval(self.low, self.high)
+
+    def sample(self, key, sample_shape=()):
+        a1, b1, a2, b2 = self.box
+        k1, k2 = jax.random.split(key)
+        shape = sample_shape + self.batch_shape
+        d_dt = jax.random.uniform(k1, shape, minval=a1, maxval=b1)
+        d_d = jax.random.uniform(k2, shape, minval=a2, maxval=b2)
+        return jnp.log(d_d / d_dt)
+
+    def log_prob(self, value):
+        a1, b1, a2, b2 = self.box
+        lo, hi = _d_dt_bounds(value, self.box)
+        return value + jnp.log(hi**2 - lo**2) - math.log(2.0 * (b1 - a1) * (b2 - a2))
+
+
+def _d_dt_bounds(s, box):
+    """[lo(s), hi(s)]: the D_dt inside its range whose D_d = D_dt e^s is inside its own."""
+    a1, b1, a2, b2 = box
+    e = jnp.exp(-s)
+    return jnp.maximum(a1, a2 * e), jnp.minimum(b1, b2 * e)
+
+
+def distances(log_ratio, frac, box):
+    """(D_dt, D_d) [Mpc] from s = ``log_ratio`` = ln(D_d / D_dt) and ``frac`` in (0, 1), the
+    conditional CDF of D_dt given s (see ``DistanceRatio``); ``box`` = (*D_dt_range,
+    *D_d_range). JAX, traceable."""
+    lo, hi = _d_dt_bounds(log_ratio, box)
+    d_dt = jnp.sqrt(lo**2 + (hi**2 - lo**2) * frac)
+    return d_dt, d_dt * jnp.exp(log_ratio)
+
+
+def distance_latents(D_dt, D_d, box):
+    """The inverse of ``distances``: (ln(D_d / D_dt), D_dt_frac)."""
+    s = jnp.log(jnp.asarray(D_d) / jnp.asarray(D_dt))
+    lo, hi = _d_dt_bounds(s, box)
+    return s, (jnp.asarray(D_dt) ** 2 - lo**2) / (hi**2 - lo**2)
+
+
 @dataclasses.dataclass(frozen=True)
 class Priors:
     """Prior settings of the models (see the module docstring for the full table)."""
@@ -177,11 +251,17 @@ class Priors:
             if not getattr(self, name) > 0:
                 raise ValueError(f"priors.{name} = {getattr(self, name)} must be > 0")
         known = (set(GALAXY_SITES) | set(LENS_NUISANCE)
-                 | {"R_sersic_frac", "inclination_frac", "x_src", "y_src", "gamma1_ext",
+                 | {"R_sersic_frac", "inclination_frac", "log_D_ratio", "D_dt_frac",
+                    "x_src", "y_src", "gamma1_ext",
                     "gamma2_ext"})
         for name in self.overrides:
             if name not in known:
                 raise ValueError(f"priors.overrides: unknown site {name!r}; known: {sorted(known)}")
+
+    @property
+    def distance_box(self) -> tuple[float, float, float, float]:
+        """(*D_dt_range, *D_d_range) [Mpc], as ``distances`` takes it."""
+        return tuple(float(v) for v in (*self.D_dt_range, *self.D_d_range))
 
     def site(self, name, default):
         """numpyro.sample of ``name`` from its override or ``default``."""
@@ -241,8 +321,19 @@ def galaxy_params(priors: Priors = Priors()) -> dict:
     for name, c in zip(("x_c", "y_c"), priors.centre):
         w = priors.centre_half_width
         p[name] = priors.site(name, ProbitUniform(c - w, c + w))
-    p["D_dt"] = priors.site("D_dt", ProbitUniform(*priors.D_dt_range))
-    p["D_d"] = priors.site("D_d", ProbitUniform(*priors.D_d_range))
+    if "D_dt" in priors.overrides or "D_d" in priors.overrides:
+        p["D_dt"] = priors.site("D_dt", ProbitUniform(*priors.D_dt_range))
+        p["D_d"] = priors.site("D_d", ProbitUniform(*priors.D_d_range))
+        return p
+    # the box prior on (D_dt, D_d) sampled as (s = ln(D_d / D_dt), D_dt given s): the kinematics
+    # pin s to a few per cent while the delays may leave D_dt wide, and in independently
+    # probit-mapped D_dt, D_d that ridge curved and narrowed towards the box's edge (recovery
+    # system 3: 40-55 leapfrog steps per draw, trees at the depth limit)
+    s = priors.site("log_D_ratio", DistanceRatio(priors.D_dt_range, priors.D_d_range))
+    frac = priors.site("D_dt_frac", ProbitUniform(0.0, 1.0))
+    d_dt, d_d = distances(s, frac, priors.distance_box)
+    p["D_dt"] = numpyro.deterministic("D_dt", d_dt)
+    p["D_d"] = numpyro.deterministic("D_d", d_d)
     return p
 
 
@@ -431,7 +522,7 @@ def _lensing_start(values, lens_data, priors, scales):
 
     p = {k: np.asarray(v) for k, v in values.items()}
     full = dict(p)
-    full.update({k: float(v) for k, v in _galaxy_deterministics(p).items()})
+    full.update({k: float(v) for k, v in _galaxy_deterministics(p, priors).items()})
     full.update({k: float(v) for k, v in _lens_deterministics(full, lens_data).items()})
     dtype = jnp.result_type(float)
     full = {k: jnp.asarray(v, dtype) for k, v in full.items()
@@ -765,7 +856,8 @@ def _find_map(model, kwargs, seed, n_starts, n_steps, position_steps, position_l
     lens_data = kwargs.get("lens_data")
     if init is not None:
         draw = _prior_draws(model, kwargs, seed, 1)[0]
-        unknown = set(init) - set(draw) - {"R_sersic", "inclination", "phi"}
+        init = with_distance_latents(init, priors)
+        unknown = set(init) - set(draw) - {"R_sersic", "inclination", "phi", "D_dt", "D_d"}
         known = {k: np.asarray(v) for k, v in init.items() if k in draw}
         draw.update(known)
         if not known:
@@ -857,6 +949,20 @@ def _lensing_starts(kwargs, draws, potential_fn, transforms, n_starts, priors, p
     u_fit = np.array([float(fp.value_and_grad(ravel_pytree(z)[0])[0]) for z in z_fit])
     u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
     return [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
+
+
+def with_distance_latents(values: Mapping, priors: Priors | None = None) -> dict:
+    """``values`` with the distance latents ``log_D_ratio`` and ``D_dt_frac`` added from its
+    ``D_dt`` and ``D_d`` where it lacks them (e.g. a truth, or a fit's MAP from before they
+    existed); ``priors``: the ranges (default ``Priors()``)."""
+    out = dict(values)
+    if "D_dt" in out and "D_d" in out and "log_D_ratio" not in out:
+        box = (Priors() if priors is None else priors).distance_box
+        with jax.enable_x64(True):
+            s, frac = distance_latents(np.asarray(out["D_dt"], float),
+                                       np.asarray(out["D_d"], float), box)
+            out["log_D_ratio"], out["D_dt_frac"] = np.asarray(s), np.asarray(frac)
+    return out
 
 
 def _unconstrain(transforms, values) -> dict:
@@ -964,6 +1070,7 @@ class Potential:
         """Flat unconstrained x from constrained ``values`` of every latent site (extra keys,
         e.g. the deterministic R_sersic or a fit's derived masses, are ignored). Leading batch
         axes are kept: values of shape (n, ...) per site give x of shape (n, size)."""
+        values = with_distance_latents(values, self.kwargs.get("priors"))
         missing = [k for k in self._shapes if k not in values]
         if missing:
             raise ValueError(f"values: missing latent site(s) {missing} (the model's: "
@@ -984,7 +1091,7 @@ class Potential:
         """Constrained values at ``x`` (leading batch axes kept): the latent sites and the
         deterministic R_sersic, inclination, phi (and with imaging the shear and source
         position), without re-running the model."""
-        post = _cheap_postprocess(self.transforms, self._lens_data)
+        post = _cheap_postprocess(self.transforms, self._lens_data, self.kwargs.get("priors"))
         with jax.enable_x64(self.x64):
             x = jnp.asarray(x, self._flat.dtype)
             if x.shape[-1:] != (self.size,):
@@ -1130,9 +1237,13 @@ def pooled_mass_matrix(draws, laplace_cov: np.ndarray) -> np.ndarray:
     return 0.5 * (out + out.T)
 
 
-def _galaxy_deterministics(v) -> dict:
-    """R_sersic, inclination, phi from the reparametrised latents (JAX; as in galaxy_params)."""
+def _galaxy_deterministics(v, priors: Priors | None = None) -> dict:
+    """R_sersic, inclination, phi, D_dt, D_d from the reparametrised latents (JAX; as in
+    galaxy_params; the distances need the ``priors``' ranges, default ``Priors()``)."""
     out = {}
+    if "log_D_ratio" in v:
+        box = (Priors() if priors is None else priors).distance_box
+        out["D_dt"], out["D_d"] = distances(v["log_D_ratio"], v["D_dt_frac"], box)
     if "R_sersic_frac" in v:
         out["R_sersic"] = _r_sersic(v["theta_E"], v["R_sersic_frac"])
     if "inclination_frac" in v:
@@ -1159,7 +1270,7 @@ def _lens_deterministics(v, lens_data) -> dict:
     return out
 
 
-def _cheap_postprocess(transforms, lens_data=None):
+def _cheap_postprocess(transforms, lens_data=None, priors=None):
     """The samples' constrained values and galaxy deterministics (and, with ``lens_data``, the
     shear and source position) without re-running the model: numpyro's default post-processing
     evaluates the whole model (the imaging likelihood included) once per draw, which took
@@ -1167,7 +1278,7 @@ def _cheap_postprocess(transforms, lens_data=None):
 
     def postprocess(z):
         v = {k: transforms[k](a) for k, a in z.items()}
-        v.update(_galaxy_deterministics(v))
+        v.update(_galaxy_deterministics(v, priors))
         if lens_data is not None:
             v.update(_lens_deterministics(v, lens_data))
         return v
@@ -1199,7 +1310,7 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
     else:
         draws = np.repeat(np.asarray(flat, float)[None], num_chains, axis=0)
     transforms = map_result.get("transforms") or _potential(model, kwargs, True)[3]
-    postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"))
+    postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"), kwargs.get("priors"))
     init = _start(potential_fn, z, draws)
     if num_chains == 1:  # numpyro takes one chain's start unbatched
         init = jax.tree.map(lambda a: a[0], init)

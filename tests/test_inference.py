@@ -49,15 +49,47 @@ def lens_mock():
 def _theta_point():
     return {"theta_E": 1.1, "gamma": 2.0, "q_mass": 0.85, "q_light": 0.8, "R_sersic_frac": 0.7,
             "n_sersic": 3.0, "beta_z": 0.1, "inclination_frac": 0.4,
-            "phi_vec": jnp.array([0.5, 0.8]), "x_c": 0.02, "y_c": -0.03, "D_dt": 3000.0,
-            "D_d": 1300.0}
+            "phi_vec": jnp.array([0.5, 0.8]), "x_c": 0.02, "y_c": -0.03,
+            "log_D_ratio": -0.84, "D_dt_frac": 0.4}
+
+
+def _d_dt_range(s, priors=inf.Priors()):
+    # the D_dt in its range whose D_d = D_dt e^s is in its own
+    (a1, b1), (a2, b2) = priors.D_dt_range, priors.D_d_range
+    return max(a1, a2 * math.exp(-s)), min(b1, b2 * math.exp(-s))
+
+
+def _distances(s, u, priors=inf.Priors()):
+    # D_dt from the inverse CDF of p(D_dt | s), proportional to D_dt on its range
+    lo, hi = _d_dt_range(s, priors)
+    d_dt = math.sqrt(lo**2 + (hi**2 - lo**2) * u)
+    return d_dt, d_dt * math.exp(s)
+
+
+def _distance_latents(d_dt, d_d, priors=inf.Priors()):
+    s = math.log(d_d / d_dt)
+    lo, hi = _d_dt_range(s, priors)
+    return s, (d_dt**2 - lo**2) / (hi**2 - lo**2)
+
+
+def _distance_log_prior(s, u, priors=inf.Priors()):
+    """(D_dt, D_d) uniform on the box of ``priors``, carried to (s, u) by the Jacobian of
+    ``_distances`` (central differences)."""
+    (a1, b1), (a2, b2) = priors.D_dt_range, priors.D_d_range
+    h = 1e-6
+    jac = np.array([[(_distances(s + h * ds, u + h * du, priors)[i]
+                      - _distances(s - h * ds, u - h * du, priors)[i]) / (2 * h)
+                     for ds, du in ((1, 0), (0, 1))] for i in (0, 1)])
+    return math.log(abs(np.linalg.det(jac)) / ((b1 - a1) * (b2 - a2)))
 
 
 def _galaxy(point):
     i_min = math.degrees(math.acos(min(point["q_mass"], point["q_light"]))) + 2.0
     phi = 0.5 * math.degrees(math.atan2(float(point["phi_vec"][1]), float(point["phi_vec"][0])))
+    d_dt, d_d = _distances(point["log_D_ratio"], point["D_dt_frac"])
     return dict(point, R_sersic=point["theta_E"] * point["R_sersic_frac"],
-                inclination=i_min + (90.0 - i_min) * point["inclination_frac"], phi=phi)
+                inclination=i_min + (90.0 - i_min) * point["inclination_frac"], phi=phi,
+                D_dt=d_dt, D_d=d_d)
 
 
 def _galaxy_log_prior(point, priors=inf.Priors()):
@@ -72,8 +104,7 @@ def _galaxy_log_prior(point, priors=inf.Priors()):
     lp += -0.5 * ((r - 1.0) / inf.PHI_RING_WIDTH) ** 2
     w = priors.centre_half_width
     lp += 2 * stats.uniform(-w, 2 * w).logpdf(0.0)
-    for name, (lo, hi) in (("D_dt", priors.D_dt_range), ("D_d", priors.D_d_range)):
-        lp += stats.uniform(lo, hi - lo).logpdf(point[name])
+    lp += _distance_log_prior(point["log_D_ratio"], point["D_dt_frac"], priors)
     return lp
 
 
@@ -99,7 +130,8 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
     point.update(theta_E=truth["theta_E"], gamma=truth["gamma"], q_mass=truth["q_mass"],
                  x_c=0.0, y_c=0.0, q_light=truth["q_light"],
                  R_sersic_frac=truth["R_sersic"] / truth["theta_E"],
-                 n_sersic=truth["n_sersic"], D_dt=truth["D_dt"],
+                 n_sersic=truth["n_sersic"],
+                 **dict(zip(("log_D_ratio", "D_dt_frac"), _distance_latents(truth["D_dt"], 1300.0))),
                  phi_vec=jnp.array([math.cos(math.radians(2 * truth["phi"])),
                                     math.sin(math.radians(2 * truth["phi"]))]))
     nuisance = {k: truth[k] for k in inf.LENS_NUISANCE if k in truth}
@@ -138,16 +170,20 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
 def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
     """``Potential`` against scipy: every uniform prior is probit-mapped, so the energy is
     -log L - sum log N(z_k; 0, 1) over the probit sites' z_k = Phi^-1((v - lo) / (hi - lo)),
-    minus the phi 2-vector's normal-times-ring prior (identity transform); the sites in sorted
-    order. Float64, the emulator in float32 (as every fit runs)."""
+    minus the phi 2-vector's normal-times-ring prior (identity transform), minus log of the
+    distance ratio's density relative to a uniform one on its range (integrated by quad from
+    the box prior of D_dt, D_d); the sites in sorted order. Float64, the emulator in float32
+    (as every fit runs)."""
     kw = dict(kin_data=kin_data, emulator=smooth_emulator)
     pot = inf.Potential(inf.kinematics_model, kw)
     point = _theta_point()
     pr = inf.Priors()
     bounds = {k: cv._FIXED_BOUNDS[k] for k in ("theta_E", "gamma", "q_mass", "q_light",
                                                 "n_sersic", "beta_z")}
+    (a1, b1), (a2, b2) = pr.D_dt_range, pr.D_d_range
     bounds.update(R_sersic_frac=(0.5, 1.0), inclination_frac=(0.0, 1.0), x_c=(-0.5, 0.5),
-                  y_c=(-0.5, 0.5), D_dt=pr.D_dt_range, D_d=pr.D_d_range)
+                  y_c=(-0.5, 0.5), D_dt_frac=(0.0, 1.0),
+                  log_D_ratio=(math.log(a2 / b1), math.log(b2 / a1)))
     names = sorted(list(bounds) + ["phi_vec"])
     want_labels = [lab for k in names for lab in ((k,) if k != "phi_vec"
                                                   else ("phi_vec[0]", "phi_vec[1]"))]
@@ -157,16 +193,27 @@ def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
                                            else z[k]) for k in names])
     x = pot.x(point)
     np.testing.assert_allclose(x, want_x, rtol=1e-12, atol=1e-12)
-
+    # D_dt and D_d stand in for their latents
     theta = _galaxy(point)
+    by_distance = {k: v for k, v in point.items() if k not in ("log_D_ratio", "D_dt_frac")}
+    np.testing.assert_allclose(pot.x(dict(by_distance, D_dt=theta["D_dt"], D_d=theta["D_d"])),
+                               x, rtol=1e-9, atol=1e-9)
+
     model = np.asarray(kin.predict_binned_vrms(theta, kin_data, smooth_emulator), float)
     chol = np.asarray(kin_data.cov_cholesky, float)
     log_like = stats.multivariate_normal(model, chol @ chol.T).logpdf(
         np.asarray(kin_data.vrms, float))
     pv = np.asarray(point["phi_vec"], float)
     ring = -0.5 * ((np.hypot(*pv) - 1.0) / inf.PHI_RING_WIDTH) ** 2
+    from scipy.integrate import quad
+
+    s = point["log_D_ratio"]  # p(s) = int dD_dt p(D_dt, D_dt e^s) D_dt e^s, inside the box
+    p_s = quad(lambda d: d * math.exp(s) * (a2 <= d * math.exp(s) <= b2), a1, b1,
+               points=(a2 * math.exp(-s), b2 * math.exp(-s)), epsabs=0, epsrel=1e-12)[0]
+    p_s /= (b1 - a1) * (b2 - a2)
+    lo, hi = bounds["log_D_ratio"]
     want_u = -(log_like + sum(stats.norm.logpdf(v) for v in z.values())
-               + stats.norm.logpdf(pv).sum() + ring)
+               + stats.norm.logpdf(pv).sum() + ring + math.log(p_s * (hi - lo)))
     assert pot(x) == pytest.approx(want_u, rel=1e-6)
 
     # the gradient is that of the value, in the same flat order (central differences; a step
@@ -191,6 +238,8 @@ def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
     np.testing.assert_allclose(back["R_sersic"], [theta["R_sersic"]] * 2, rtol=1e-9)
     np.testing.assert_allclose(back["inclination"], [theta["inclination"]] * 2, rtol=1e-9)
     np.testing.assert_allclose(back["phi"], [theta["phi"]] * 2, rtol=1e-9)
+    for k in ("D_dt", "D_d"):
+        np.testing.assert_allclose(back[k], [theta[k]] * 2, rtol=1e-9)
     np.testing.assert_allclose(pot.x(back), np.stack([x, x]), rtol=1e-9, atol=1e-9)
 
     with pytest.raises(ValueError, match="missing latent site.*'beta_z'"):
@@ -343,9 +392,50 @@ def test_probit_uniform_latent_is_standard_normal():
     bounded = [k for k, site in tr.items() if site["type"] == "sample"
                and isinstance(site["fn"], dist.Uniform)]
     assert set(bounded) == {"theta_E", "gamma", "q_mass", "q_light", "R_sersic_frac",
-                            "n_sersic", "beta_z", "inclination_frac", "x_c", "y_c", "D_dt",
-                            "D_d"}
+                            "n_sersic", "beta_z", "inclination_frac", "x_c", "y_c", "D_dt_frac"}
     assert all(isinstance(tr[k]["fn"], inf.ProbitUniform) for k in bounded)
+    assert isinstance(biject_to(tr["log_D_ratio"]["fn"].support).parts[0], type(t.parts[0]))
+
+
+def test_distance_latents_keep_the_box_prior():
+    """(D_dt, D_d) sampled as (ln(D_d / D_dt), D_dt_frac) keep their independent uniform prior
+    on the box: the model's prior draws pass KS tests against the uniform marginals and are
+    uncorrelated; the density of the latents is the box density times the Jacobian (central
+    differences of a hand-written map); the maps invert; an override of D_dt samples both."""
+    pr = inf.Priors(D_dt_range=(1000.0, 6000.0), D_d_range=(500.0, 2000.0))
+    (a1, b1), (a2, b2) = pr.D_dt_range, pr.D_d_range
+
+    def draw(key):
+        tr = numpyro.handlers.trace(numpyro.handlers.seed(inf.galaxy_params, key)).get_trace(pr)
+        return tr["D_dt"]["value"], tr["D_d"]["value"], tr["log_D_ratio"]["value"]
+
+    d_dt, d_d, s = (np.asarray(v, float) for v in jax.jit(jax.vmap(draw))(
+        jax.random.split(jax.random.PRNGKey(3), 20000)))
+    assert stats.kstest(d_dt, stats.uniform(a1, b1 - a1).cdf).pvalue > 1e-3
+    assert stats.kstest(d_d, stats.uniform(a2, b2 - a2).cdf).pvalue > 1e-3
+    assert abs(np.corrcoef(d_dt, d_d)[0, 1]) < 0.03
+    np.testing.assert_allclose(np.log(d_d / d_dt), s, rtol=1e-5, atol=1e-6)  # float32
+
+    d = inf.DistanceRatio(pr.D_dt_range, pr.D_d_range)
+    assert (d.low, d.high) == pytest.approx((math.log(a2 / b1), math.log(b2 / a1)))
+    for s0, u0 in ((-1.2, 0.3), (-0.4, 0.97), (0.5, 0.02), (-2.0, 0.6)):
+        with jax.enable_x64(True):
+            got = float(d.log_prob(jnp.asarray(s0)))
+            dist_ = [float(v) for v in inf.distances(jnp.asarray(s0), jnp.asarray(u0),
+                                                     pr.distance_box)]
+            back = [float(v) for v in inf.distance_latents(*dist_, pr.distance_box)]
+        assert got == pytest.approx(_distance_log_prior(s0, u0, pr), abs=1e-6)
+        assert dist_ == pytest.approx(list(_distances(s0, u0, pr)), rel=1e-12)
+        assert back == pytest.approx([s0, u0], rel=1e-9, abs=1e-12)
+    grid = np.linspace(d.low, d.high, 100001)
+    with jax.enable_x64(True):
+        dens = np.exp(np.asarray(d.log_prob(jnp.asarray(grid))))
+    assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-6)
+
+    over = inf.Priors(overrides={"D_dt": dist.Uniform(2000.0, 4000.0)})
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(inf.galaxy_params, 0)).get_trace(over)
+    assert tr["D_dt"]["type"] == "sample" and tr["D_d"]["type"] == "sample"
+    assert "log_D_ratio" not in tr
 
 
 def test_pooled_mass_matrix_widens_only():
