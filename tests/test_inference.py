@@ -86,10 +86,11 @@ def _distance_log_prior(s, u, priors=inf.Priors()):
 def _galaxy(point):
     i_min = math.degrees(math.acos(min(point["q_mass"], point["q_light"]))) + 2.0
     phi = 0.5 * math.degrees(math.atan2(float(point["phi_vec"][1]), float(point["phi_vec"][0])))
-    d_dt, d_d = _distances(point["log_D_ratio"], point["D_dt_frac"])
-    return dict(point, R_sersic=point["theta_E"] * point["R_sersic_frac"],
-                inclination=i_min + (90.0 - i_min) * point["inclination_frac"], phi=phi,
-                D_dt=d_dt, D_d=d_d)
+    out = dict(point, R_sersic=point["theta_E"] * point["R_sersic_frac"],
+               inclination=i_min + (90.0 - i_min) * point["inclination_frac"], phi=phi)
+    if "log_D_ratio" in point:
+        out["D_dt"], out["D_d"] = _distances(point["log_D_ratio"], point["D_dt_frac"])
+    return out
 
 
 def _galaxy_log_prior(point, priors=inf.Priors()):
@@ -104,7 +105,11 @@ def _galaxy_log_prior(point, priors=inf.Priors()):
     lp += -0.5 * ((r - 1.0) / inf.PHI_RING_WIDTH) ** 2
     w = priors.centre_half_width
     lp += 2 * stats.uniform(-w, 2 * w).logpdf(0.0)
-    lp += _distance_log_prior(point["log_D_ratio"], point["D_dt_frac"], priors)
+    if "log_D_ratio" in point:  # kinematics, joint
+        lp += _distance_log_prior(point["log_D_ratio"], point["D_dt_frac"], priors)
+    else:  # lensing alone samples the distances themselves
+        for name, (lo, hi) in (("D_dt", priors.D_dt_range), ("D_d", priors.D_d_range)):
+            lp += stats.uniform(lo, hi - lo).logpdf(point[name])
     return lp
 
 
@@ -131,7 +136,8 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
                  x_c=0.0, y_c=0.0, q_light=truth["q_light"],
                  R_sersic_frac=truth["R_sersic"] / truth["theta_E"],
                  n_sersic=truth["n_sersic"],
-                 **dict(zip(("log_D_ratio", "D_dt_frac"), _distance_latents(truth["D_dt"], 1300.0))),
+                 **dict(zip(("log_D_ratio", "D_dt_frac"),
+                            _distance_latents(truth["D_dt"], 1300.0))),
                  phi_vec=jnp.array([math.cos(math.radians(2 * truth["phi"])),
                                     math.sin(math.radians(2 * truth["phi"]))]))
     nuisance = {k: truth[k] for k in inf.LENS_NUISANCE if k in truth}
@@ -143,8 +149,10 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
         nuisance[name + "_offset"] = truth[name] - float(ref[k])
     point.update(nuisance)
     pr = inf.Priors()
-    lp = _galaxy_log_prior(point)
-    lp += 2 * stats.uniform(-0.2, 0.4).logpdf(0.0)
+    # lensing alone samples D_dt and D_d; the joint model their ratio and D_dt given it
+    lens_point = {k: v for k, v in point.items() if k not in ("log_D_ratio", "D_dt_frac")}
+    lens_point.update(D_dt=params["D_dt"], D_d=params["D_d"])
+    lp = 2 * stats.uniform(-0.2, 0.4).logpdf(0.0)
     lp += 2 * stats.uniform(-1.0, 2.0).logpdf(0.0)
     lp += stats.uniform(0.02, 0.98).logpdf(truth["R_sersic_src"])
     lp += stats.uniform(0.5, 5.5).logpdf(truth["n_sersic_src"])
@@ -157,14 +165,14 @@ def test_lensing_and_joint_log_density_by_hand(x64, kin_data, lens_mock):
     exact = lensing.LensModelConfig(light_precision="float64")
     ll = float(lensing.lensing_log_likelihood(params, data, exact))
     ld, _ = log_density(inf.lensing_model, (), dict(lens_data=data, scales=scales, priors=pr,
-                                                    config=exact), point)
-    assert float(ld) == pytest.approx(lp + ll, rel=1e-9)
+                                                    config=exact), lens_point)
+    assert float(ld) == pytest.approx(_galaxy_log_prior(lens_point) + lp + ll, rel=1e-9)
     # joint = shared prior + both likelihoods
     ldj, _ = log_density(inf.joint_model, (), dict(kin_data=kin_data, lens_data=data,
                                                    emulator=smooth_emulator, scales=scales,
                                                    config=exact), point)
     kin_ll = float(kin.kinematic_log_likelihood(params, kin_data, smooth_emulator))
-    assert float(ldj) == pytest.approx(lp + ll + kin_ll, rel=1e-9)
+    assert float(ldj) == pytest.approx(_galaxy_log_prior(point) + lp + ll + kin_ll, rel=1e-9)
 
 
 def test_potential_is_the_hand_written_energy_in_flat_coordinates(kin_data):
