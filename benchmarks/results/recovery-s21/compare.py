@@ -4,7 +4,8 @@ before session 21), else recovery-s19 (float64 light), else recovery-s12.
 
     python benchmarks/results/recovery-s21/compare.py benchmarks/results/recovery-s21/ta90
 
-or against an explicit earlier root (start/ against ta90/: the same code but the NUTS starts):
+or against explicit earlier roots, the first that holds the system (start/ against ta90/: the
+same code but the NUTS starts):
 
     python benchmarks/results/recovery-s21/compare.py benchmarks/results/recovery-s21/start \
         benchmarks/results/recovery-s21/ta90
@@ -22,8 +23,8 @@ new_root = Path(sys.argv[1]).resolve()
 results = Path(__file__).resolve().parent.parent
 sub = new_root.name if new_root.name in ("ta90", "long") else ""
 old_roots = [results / f"recovery-s{n}" / sub for n in (20, 19, 12)]
-if len(sys.argv) > 2:  # an explicit "before" root
-    old_roots = [Path(sys.argv[2]).resolve()]
+if len(sys.argv) > 2:  # explicit "before" roots, the first holding the system wins
+    old_roots = [Path(r).resolve() for r in sys.argv[2:]]
 print("| system | target acc. | wall [s] (before) | MAP + NUTS | steps per draw (before) | NUTS s "
       "per 1000 sampled steps (before) | max R-hat (before) | min bulk ESS | divergences | "
       "truths in 95% | D_d error | before from |")
