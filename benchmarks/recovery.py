@@ -225,10 +225,12 @@ def report(out: Path, truths, modes, wall):
                 continue
             rec = json.loads((d / "fit.json").read_text())
             post = az.from_netcdf(str(d / "posterior.nc")).posterior
+            n_in95 = 0
             for n in names:
                 s = np.asarray(post[n]).ravel()
                 lo68, hi68, lo95, hi95 = np.percentile(s, [16, 84, 2.5, 97.5])
                 inside[m][n].append((lo68 <= truth[n] <= hi68, lo95 <= truth[n] <= hi95))
+                n_in95 += int(lo95 <= truth[n] <= hi95)
                 widths[m][n].append(float(np.std(s)))
                 resid[m][n].append(s - truth[n])
                 pulls[m][n].append((s - truth[n]) / np.std(s))
@@ -238,7 +240,9 @@ def report(out: Path, truths, modes, wall):
                       "D_d_pull": (dd.mean() - truth["D_d"]) / dd.std(),
                       "D_d_rel_sd": dd.std() / truth["D_d"],
                       "D_dt_rel_sd": ddt.std() / ddt.mean(),
-                      "divergences": rec["divergences"], "min_ess": rec["min_ess_bulk"]}
+                      "divergences": rec["divergences"], "min_ess": rec["min_ess_bulk"],
+                      "in95": f"{n_in95}/{len(names)}",
+                      "target_accept": rec.get("inference", {}).get("target_accept", 0.8)}
         lens_file = out / f"system{k:02d}" / "lens.fits"
         if "joint" in row and lens_file.exists():
             row["delays"] = delay_only_d_dt(lens_file)
@@ -268,22 +272,25 @@ def report(out: Path, truths, modes, wall):
                 for m in modes))
         lines.append("")
     lines.append(f"{'system':>7s} " + " ".join(
-        f"{m[:5] + ' R-hat':>11s} {'ESS':>5s} {'div':>4s} {'s':>6s}" for m in modes)
+        f"{m[:5] + ' R-hat':>11s} {'ESS':>5s} {'div':>4s} {'s':>6s} {'ta':>4s} {'in 95%':>6s}"
+        for m in modes)
         + f" {'joint D_d err':>14s} {'(sd)':>6s} {'D_dt sd':>8s} {'delays: D_dt err':>16s} "
         f"{'(sd)':>6s} {'D_dt sd':>8s}")
-    empty = f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s}"  # a mode without a fit
+    empty = f"{'-':>11s} {'-':>5s} {'-':>4s} {'-':>6s} {'-':>4s} {'-':>6s}"  # no fit
     for row in per_system:
         cells = []
         for m in modes:
             r = row.get(m)
             cells.append(f"{r['max_rhat']:11.3f} {r['min_ess']:5.0f} {r['divergences']:4d} "
-                         f"{r['wall_s']:6.0f}" if r else empty)
+                         f"{r['wall_s']:6.0f} {r['target_accept']:4.2f} {r['in95']:>6s}"
+                         if r else empty)
         j = row.get("joint")
         dl = row.get("delays")
         lines.append(f"{row['system']:7d} " + " ".join(cells) + (
             f" {j['D_d_err']:+14.3f} {j['D_d_pull']:+6.1f} {j['D_dt_rel_sd']:8.3f}" if j else "")
             + (f" {dl['err']:+16.3f} {dl['pull']:+6.1f} {dl['rel_sd']:8.3f}" if dl else ""))
-    lines.append("(D_d err: joint posterior mean / truth - 1, and in posterior sd; D_dt sd: the "
+    lines.append("(ta: NUTS target acceptance; in 95%: truths inside the 95% intervals. "
+                 "D_d err: joint posterior mean / truth - 1, and in posterior sd; D_dt sd: the "
                  "joint posterior's relative sd of D_dt, which bounds D_d's, D_d = D_dt D_ds / "
                  "((1 + z_d) D_s) with the kinematics constraining D_s / D_ds. delays: the D_dt "
                  "that the mock's delays alone give at the true lens model "
