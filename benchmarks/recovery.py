@@ -339,6 +339,31 @@ def _d_d_expectation(rel_sd, tol=D_D_TOL) -> str:
             f"{p.size} with probability {p.prod():.3f}")
 
 
+def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
+    """Assemble a set for ``--report-only`` from fits made in several runs: ``OUT/systemKK/MODE``
+    becomes a link to ``sources[K]`` (a fit folder holding fit.json and posterior.nc), and each
+    system gets its ``lens.fits`` (remade from the seeded mock: the report's delays-alone D_dt
+    needs it). Prints where each fit comes from. Used by ``results/recovery-s*/assemble.py``."""
+    out = Path(out)
+    for k, src in sorted(sources.items()):
+        src = Path(src).resolve()
+        if not (src / "fit.json").exists():
+            raise FileNotFoundError(f"system {k}: no fit.json in {src}")
+        d = out / f"system{k:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        if (d / mode).is_symlink():
+            (d / mode).unlink()
+        (d / mode).symlink_to(src)
+        if not (d / "lens.fits").exists():
+            from jkin import lensing
+            from jkin.lensing_data import save_lensing_data
+
+            mock = lensing.make_mock_lensing(seed=100 + k, truth={
+                n: truths[k][n] for n in LENS_NAMES})
+            save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
+        print(k, src)
+
+
 def delay_only_d_dt(lens_file) -> dict:
     """The D_dt that a mock's delays alone give at its true lens model, against its truth."""
     import jax

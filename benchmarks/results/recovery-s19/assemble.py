@@ -12,28 +12,10 @@ from pathlib import Path
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[1]))
 import recovery  # noqa: E402
-from jkin import lensing  # noqa: E402
-from jkin.lensing_data import save_lensing_data  # noqa: E402
 
 new, old = here, here.parent / "recovery-s12"
-out = Path(sys.argv[1])
-truths = recovery.system_truths(10)
-for k in range(10):
-    d = out / f"system{k:02d}"
-    d.mkdir(parents=True, exist_ok=True)
-    if k in (0, 1, 9):
-        src = new / "ta90" / f"system{k:02d}" / "joint"
-    elif k == 3:
-        src = old / "long" / f"system{k:02d}" / "joint"
-    elif k == 7:
-        src = old / "ta90" / f"system{k:02d}" / "joint"
-    else:
-        src = new / f"system{k:02d}" / "joint"
-    if (d / "joint").is_symlink():
-        (d / "joint").unlink()
-    (d / "joint").symlink_to(src)
-    if not (d / "lens.fits").exists():  # the delays-alone D_dt of the report needs it
-        mock = lensing.make_mock_lensing(seed=100 + k, truth={
-            n: truths[k][n] for n in recovery.LENS_NAMES})
-        save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
-    print(k, src)
+j = {k: f"system{k:02d}/joint" for k in range(10)}
+sources = {k: new / j[k] for k in (2, 4, 5, 6, 8)}
+sources.update({k: new / "ta90" / j[k] for k in (0, 1, 9)})
+sources.update({3: old / "long" / j[3], 7: old / "ta90" / j[7]})
+recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
