@@ -1,0 +1,26 @@
+"""Assemble the ten joint fits for recovery.py --report-only (session 23): each system's latest
+fit - those re-run here (ta80/: target acceptance 0.8; ta90/: 0.9), else the session-22 set's
+(0, 3, 7 from recovery-s22/ta90; 1 recovery-s21/ta90; 2 recovery-s20; 4, 5, 6, 8 recovery-s19;
+9 recovery-s19/ta90). Then
+
+    python benchmarks/results/recovery-s23/assemble.py OUT
+    python benchmarks/recovery.py --out OUT --systems 10 --modes joint --report-only
+"""
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here.parents[1]))
+import recovery  # noqa: E402
+
+results = here.parent
+j = {k: f"system{k:02d}/joint" for k in range(10)}
+sources = {k: results / "recovery-s19" / j[k] for k in (4, 5, 6, 8)}
+sources.update({k: results / "recovery-s22/ta90" / j[k] for k in (0, 3, 7)})
+sources.update({1: results / "recovery-s21/ta90" / j[1], 2: results / "recovery-s20" / j[2],
+                9: results / "recovery-s19/ta90" / j[9]})
+for k in range(10):  # this session's re-runs replace them
+    for sub in ("ta80", "ta90"):
+        if (here / sub / j[k] / "fit.json").exists():
+            sources[k] = here / sub / j[k]
+recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
