@@ -60,8 +60,9 @@ Inference (``fit``): a blind start (``find_map``: ``n_starts`` draws from the pr
 imaging, the mass, shear and source position of 32 draws are first fitted to the image positions
 and delays and the amplitudes solved by least squares, and the draws that then best fit the
 image go on), each start optimised by L-BFGS on the exact gradient in numpyro's unconstrained
-space and again in coordinates whitened by its Laplace approximation, the best kept; then NUTS with several chains started from the Laplace approximation at the
-MAP, whose inverse Hessian also seeds the dense mass matrix. With imaging everything runs in
+space and again in coordinates whitened by its Laplace approximation, the best kept; then NUTS
+with several chains started from the Laplace approximation at the MAP, whose inverse Hessian
+also seeds the dense mass matrix. With imaging everything runs in
 float64 (``x64``). Returns an arviz InferenceData with derived quantities
 (``derived_quantities``).
 """
