@@ -19,4 +19,5 @@ sources = {k: results / "recovery-s19" / j[k] for k in (4, 5, 6, 8)}
 sources.update({k: here / "ta90" / j[k] for k in (0, 3, 7)})
 sources.update({1: results / "recovery-s21/ta90" / j[1], 2: results / "recovery-s20" / j[2],
                 9: results / "recovery-s19/ta90" / j[9]})
-recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
+if __name__ == "__main__":  # recovery-s23/assemble.py starts from these sources
+    recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))

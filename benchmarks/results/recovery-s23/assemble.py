@@ -6,6 +6,7 @@ fit - those re-run here (ta80/: target acceptance 0.8; ta90/: 0.9), else the ses
     python benchmarks/results/recovery-s23/assemble.py OUT
     python benchmarks/recovery.py --out OUT --systems 10 --modes joint --report-only
 """
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,12 +14,10 @@ here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[1]))
 import recovery  # noqa: E402
 
-results = here.parent
-j = {k: f"system{k:02d}/joint" for k in range(10)}
-sources = {k: results / "recovery-s19" / j[k] for k in (4, 5, 6, 8)}
-sources.update({k: results / "recovery-s22/ta90" / j[k] for k in (0, 3, 7)})
-sources.update({1: results / "recovery-s21/ta90" / j[1], 2: results / "recovery-s20" / j[2],
-                9: results / "recovery-s19/ta90" / j[9]})
+spec = importlib.util.spec_from_file_location("s22", here.parent / "recovery-s22/assemble.py")
+s22 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(s22)  # the session-22 set's sources (no linking: not run as __main__)
+sources, j = dict(s22.sources), s22.j
 for k in range(10):  # this session's re-runs replace them
     for sub in ("ta80", "ta90"):
         if (here / sub / j[k] / "fit.json").exists():
