@@ -38,6 +38,10 @@ A configuration file (TOML; paths relative to the file)::
     init_from = ""                    # optional: start at an earlier fit's MAP instead (its
                                       # output directory or fit.json; e.g. a joint fit started at
                                       # the lensing-only MAP); sites it lacks come from the prior
+    mass_matrix = "auto"              # "laplace", "pooled", "adapt" (inference.run_nuts)
+    edge_reparam = true               # with the pooled mass matrix: a parameter whose warm-up
+                                      # draws press on a prior bound is sampled in coordinates
+                                      # fitted to them (inference.EdgeUniform)
 
 Outputs in ``output``: ``posterior.nc`` (arviz InferenceData, netcdf), ``summary.csv`` (arviz
 summary: mean, sd, HDI, R-hat, ESS of the 13 parameters and the derived masses),
@@ -63,8 +67,8 @@ _TOP_KEYS = {"mode", "output", "data", "emulator", "priors", "inference", "name"
 _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, num_samples=500,
                            num_chains=2, max_tree_depth=8, target_accept=0.8,
                            chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1,
-                           init_from="", mass_matrix="auto", precision="float64",
-                           light_precision="float32")
+                           init_from="", mass_matrix="auto", edge_reparam=True,
+                           precision="float64", light_precision="float32")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
 MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
@@ -154,7 +158,7 @@ def load_config(path) -> FitConfig:
         want = type(_INFERENCE_DEFAULTS[key])
         if want is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             _err(path, f"inference.{key} = {value!r} must be {want.__name__}")
         inference[key] = value
     for key in ("n_starts", "map_steps", "num_samples", "num_chains", "max_tree_depth",
@@ -310,7 +314,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
                   chain_method=opts["chain_method"], z_lens=opts["z_lens"],
                   position_steps=opts["position_steps"], init=init,
                   map_chi2_limit=CHI2_WARN, map_restarts=opts["map_restarts"],
-                  mass_matrix=opts["mass_matrix"],
+                  mass_matrix=opts["mass_matrix"], edge_reparam=opts["edge_reparam"],
                   x64=opts["precision"] == "float64",
                   progress=progress)
     # the MAP's sites, without per-pixel ones (e.g. a source grid)
@@ -338,6 +342,8 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
         **quality,
         "timings_s": {**res.timings, "wall": wall},
         "chain_method": res.mcmc.chain_method,  # as run ("auto" resolved)
+        # sites whose sampler coordinate followed their posterior against a bound (loc, scale)
+        "edge_sites": getattr(res.mcmc, "jkin_edge_sites", {}),
         "max_rhat": float(summary["r_hat"].loc[list(inf.GALAXY_SITES)].max()),
         "min_ess_bulk": float(summary["ess_bulk"].loc[list(inf.GALAXY_SITES)].min()),
         "divergences": int(np.asarray(res.idata.sample_stats["diverging"]).sum())

@@ -72,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import threading
 import time
@@ -101,6 +102,7 @@ __all__ = [
     "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
     "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES", "Potential",
     "laplace", "DistanceRatio", "distances", "distance_latents", "with_distance_latents",
+    "EdgeUniform", "edge_priors",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -156,6 +158,60 @@ class ProbitUniform(dist.Uniform):
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self):
         return _ProbitInterval(self.low, self.high)
+
+
+class _EdgeInterval(constraints._Interval):
+    """An interval reached from the real line through the quantile function of N(loc, scale)
+    truncated to it (registered below with ``biject_to``); ``scale`` < 0 mirrors the map so
+    that the bound nearer to ``loc`` is the upper one in w = (x - loc) / scale."""
+
+    def __init__(self, lower_bound, upper_bound, loc, scale):
+        super().__init__(lower_bound, upper_bound)
+        self.loc, self.scale = loc, scale
+
+    def tree_flatten(self):
+        return ((self.lower_bound, self.upper_bound, self.loc, self.scale),
+                (("lower_bound", "upper_bound", "loc", "scale"), {}))
+
+
+@biject_to.register(_EdgeInterval)
+def _edge_bijection(c):
+    # z -> p = Phi(z) -> p' = Phi(a) + (Phi(b) - Phi(a)) p -> w = Phi^-1(p') -> x = loc + scale w,
+    # [a, b] the interval in w. The far bound is at a (its Phi(a) underflows harmlessly to 0)
+    # and the near one at b, a few units up, so Phi(b) < 1 and p' never rounds to 1
+    w_lo, w_hi = sorted(((c.lower_bound - c.loc) / c.scale, (c.upper_bound - c.loc) / c.scale))
+    pa, pb = (jax.scipy.special.ndtr(v) for v in (w_lo, w_hi))
+    return ComposeTransform([
+        _NormalCDF(), AffineTransform(pa, pb - pa, domain=constraints.unit_interval),
+        _NormalCDF().inv,
+        AffineTransform(c.loc, c.scale, domain=constraints.interval(w_lo, w_hi))])
+
+
+class EdgeUniform(dist.Uniform):
+    """``Uniform(low, high)`` whose sampler coordinate is z = Phi^-1(G(x)), G the CDF of
+    N(``loc``, |``scale``|) truncated to [low, high]: for a posterior pressed against a bound.
+
+    Through the prior's probit (``ProbitUniform``) such a posterior sits where the map
+    compresses, and a ridge straight in x (R_sersic against n_sersic in the lens light) bends in
+    z, its local width changing several-fold along it (recovery system 8: 0.07-0.24 of its
+    global width) - which a dense mass matrix cannot follow. With G close to the posterior's
+    marginal CDF, the marginal in z is close to N(0, 1) and the ridge stays straight through its
+    bulk. The density in x is the uniform's: only the parametrisation changes. ``run_nuts``
+    fits loc and scale to warm-up draws (``edge_priors``); ``scale`` < 0 as in
+    ``_EdgeInterval``."""
+
+    pytree_aux_fields = ("loc", "scale")
+
+    def __init__(self, low, high, loc, scale, *, validate_args=None):
+        if not low < loc < high or scale == 0:
+            raise ValueError(f"EdgeUniform: need low < loc < high and scale != 0; got low={low}, "
+                             f"high={high}, loc={loc}, scale={scale}")
+        self.loc, self.scale = float(loc), float(scale)
+        super().__init__(low, high, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return _EdgeInterval(self.low, self.high, self.loc, self.scale)
 
 
 class DistanceRatio(dist.Distribution):
@@ -1160,7 +1216,7 @@ MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
              target_accept: float = 0.8, chain_method: str = "auto", mass_matrix: str = "auto",
-             x64: bool | None = None, progress: bool = True):
+             edge_reparam: bool = True, x64: bool | None = None, progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
     The chains start at independent draws of N(z_MAP, H^-1) in unconstrained space (the MAP
@@ -1179,6 +1235,11 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     - "auto" (default): "pooled" with imaging, "adapt" without.
     Under a fixed matrix ("laplace", both stages of "pooled") the step size is adapted over the
     whole warm-up (``one_adaptation_window``).
+    ``edge_reparam`` (with "pooled"): between the two stages, every uniform parameter whose
+    first-stage draws press on a prior bound (``edge_priors``) is given a sampler coordinate
+    fitted to those draws (``EdgeUniform``; same prior density), the draws, the chains' states
+    and the Laplace matrix carried over; the sites and their (loc, scale) are in
+    ``mcmc.jkin_edge_sites``.
     ``target_accept``: the mean acceptance probability the step size is adapted to (numpyro's
     0.8). At 0.8 the joint fits of recovery systems 3, 6, 9 had 5-15 divergences in 600 draws,
     in the tails of the lensing parameters; system 6 at 0.9 had none for 10% more leapfrog
@@ -1197,7 +1258,7 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     with _callback_x64(use and progress and chain_method == "parallel"), jax.enable_x64(use):
         return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup,
                          num_samples, num_chains, max_tree_depth, target_accept,
-                         chain_method, mass_matrix, progress)
+                         chain_method, mass_matrix, edge_reparam, progress)
 
 
 @contextlib.contextmanager
@@ -1271,6 +1332,47 @@ def pooled_mass_matrix(draws, laplace_cov: np.ndarray) -> np.ndarray:
     return 0.5 * (out + out.T)
 
 
+def edge_priors(model, kwargs, transforms, warm, *, near: float = 3.0,
+                max_width: float = 0.1) -> dict:
+    """``EdgeUniform`` overrides for the ``ProbitUniform`` sites whose warm-up draws (``warm``:
+    unconstrained, by site, chains first) sit against a bound: median m and half the 16-84%
+    range s with s < ``max_width`` of the prior's width and m within ``near`` s of a bound. Their
+    loc and scale are m and s, the sign of the scale putting the nearer bound on top (see
+    ``_EdgeInterval``). Prior-dominated or interior sites are left to the probit."""
+    sites = jax.jit(functools.partial(_latent_distributions, model, kwargs))()
+    out = {}
+    for name, d in sorted(sites.items()):
+        if type(d) is not ProbitUniform or d.batch_shape or d.event_shape:
+            continue
+        low, high = float(d.low), float(d.high)
+        x = np.asarray(transforms[name](warm[name]), float).ravel()
+        q16, m, q84 = np.quantile(x, [0.16, 0.5, 0.84])
+        s = 0.5 * (q84 - q16)
+        if not 0 < s < max_width * (high - low) or not low < m < high:
+            continue
+        if min(m - low, high - m) < near * s:
+            out[name] = EdgeUniform(low, high, m, s if high - m < m - low else -s)
+    return out
+
+
+class _replace_priors(numpyro.primitives.Messenger):
+    """The model with the distributions of some latent sites replaced ({name: distribution}),
+    for any model (a ``Priors`` override needs one of jkin's)."""
+
+    def __init__(self, fn, dists: Mapping):
+        self.dists = dict(dists)
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.dists:
+            msg["fn"] = self.dists[msg["name"]]
+
+
+def _recoordinate(old, new, names, z) -> dict:
+    """Unconstrained latents ``z`` moved from the bijections ``old`` to ``new`` for ``names``."""
+    return {k: new[k].inv(old[k](v)) if k in names else v for k, v in z.items()}
+
+
 def _galaxy_deterministics(v, priors: Priors | None = None) -> dict:
     """R_sersic, inclination, phi, D_dt, D_d from the reparametrised latents (JAX; as in
     galaxy_params; the distances need the ``priors``' ranges, default ``Priors()``)."""
@@ -1333,7 +1435,7 @@ def _start(potential_fn, z_like, draws) -> ParamInfo:
 
 
 def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chains,
-              max_tree_depth, target_accept, chain_method, mass_matrix, progress):
+              max_tree_depth, target_accept, chain_method, mass_matrix, edge_reparam, progress):
     z = map_result["z"]
     flat = ravel_pytree(z)[0]
     potential_fn = map_result["potential_fn"]
@@ -1361,6 +1463,7 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
 
     key = jax.random.PRNGKey(seed)
     first = num_warmup // 2
+    edges = {}
     if mass_matrix == "pooled" and cov is not None and first >= 20:
         # first half of the warm-up under the Laplace matrix: a quarter adapting the step size,
         # a quarter of draws, kept unconstrained, for the pooled estimate
@@ -1371,10 +1474,30 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
         with one_adaptation_window():
             mcmc.run(k1, init_params=init)
         warm = mcmc.get_samples(group_by_chain=True)
-        flat_draws = jax.vmap(jax.vmap(lambda v: ravel_pytree(v)[0]))(warm)
-        cov = pooled_mass_matrix(np.asarray(flat_draws).reshape(-1, flat.size), cov)
         last = mcmc.last_state
         init = ParamInfo(last.z, last.potential_energy, last.z_grad)
+        edges = edge_priors(model, kwargs, transforms, warm) if edge_reparam else {}
+        if edges:
+            # the sites against a bound re-mapped (EdgeUniform): the draws, the start and the
+            # Laplace covariance (linearised at the MAP) carried into the new coordinates
+            model = _replace_priors(model, edges)
+            potential_fn, _, _, new = _potential(model, kwargs, True)
+            convert = functools.partial(_recoordinate, transforms, new, tuple(edges))
+            transforms = new
+            postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"),
+                                             kwargs.get("priors"))
+            warm = jax.vmap(jax.vmap(convert))(warm)
+            z_new = convert(z)
+            unravel = ravel_pytree(z_new)[1]
+            jac = np.asarray(jax.jacfwd(lambda f: ravel_pytree(convert(unravel(f)))[0])(flat))
+            cov = jac @ cov @ jac.T
+            zs = last.z if num_chains > 1 else jax.tree.map(lambda a: a[None], last.z)
+            starts = jax.vmap(lambda v: ravel_pytree(convert(v))[0])(zs)
+            init = _start(potential_fn, z_new, np.asarray(starts).reshape(num_chains, -1))
+            if num_chains == 1:
+                init = jax.tree.map(lambda a: a[0], init)
+        flat_draws = jax.vmap(jax.vmap(lambda v: ravel_pytree(v)[0]))(warm)
+        cov = pooled_mass_matrix(np.asarray(flat_draws).reshape(-1, flat.size), cov)
         num_warmup = num_warmup - first
     adapt = mass_matrix == "adapt" or cov is None
     mcmc = MCMC(nuts(cov, adapt), num_warmup=num_warmup,
@@ -1385,6 +1508,8 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
     # without progress bars numpyro runs the chains as one asynchronously dispatched loop: wait
     # for it here, so that timings measure the sampling
     jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
+    #: the sites re-mapped by ``edge_priors``: {name: (loc, scale)}
+    mcmc.jkin_edge_sites = {k: (d.loc, d.scale) for k, d in edges.items()}
     return mcmc
 
 
@@ -1438,7 +1563,7 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
         num_warmup: int = 300, num_samples: int = 500, num_chains: int = 2,
         max_tree_depth: int = 8, target_accept: float = 0.8, chain_method: str = "auto",
         z_lens: float = cv.Z_D,
-        position_steps: int = 1000, mass_matrix: str = "auto",
+        position_steps: int = 1000, mass_matrix: str = "auto", edge_reparam: bool = True,
         x64: bool | None = None,
         init: Mapping | None = None, map_chi2_limit: float | None = None,
         map_restarts: int = 1,
@@ -1456,7 +1581,7 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, max_tree_depth=max_tree_depth,
                     target_accept=target_accept, chain_method=chain_method,
-                    mass_matrix=mass_matrix, x64=x64,
+                    mass_matrix=mass_matrix, edge_reparam=edge_reparam, x64=x64,
                     progress=progress)
     t2 = time.perf_counter()
     samples = mcmc.get_samples(group_by_chain=True)
@@ -1468,5 +1593,6 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     stats = {names[k]: np.asarray(v) for k, v in extra.items() if k in names}
     idata = az.from_dict(posterior=keep, sample_stats=stats)
     idata.posterior.attrs["jkin_map_log_density"] = float(m["log_density"][m["best"]])
+    idata.posterior.attrs["jkin_edge_sites"] = json.dumps(getattr(mcmc, "jkin_edge_sites", {}))
     timings = {"map_s": t1 - t0, "nuts_s": t2 - t1, "total_s": t2 - t0}
     return FitResult(idata, m, mcmc, timings)

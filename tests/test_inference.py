@@ -631,3 +631,64 @@ def test_mass_within_against_direct_integral():
     integral = quad(lambda r: (3 - g) / 2 * (tE / r) ** (g - 1) * 2 * math.pi * r, 0, R)[0]
     want = sigma_crit.value * integral * (arc * Dd) ** 2
     assert inf.mass_within(R, tE, g, Ddt, z) == pytest.approx(want, rel=1e-6)
+
+
+def test_edge_uniform_coordinate_is_the_truncated_normal_quantile():
+    # EdgeUniform keeps the uniform density and samples z = Phi^-1(G(x)), G the CDF of
+    # N(loc, |scale|) truncated to [low, high]; reference: scipy.stats.truncnorm. Draws of that
+    # truncated normal map to exactly N(0, 1), and numpyro's potential energy in z is
+    # -log(1 / (high - low)) - log|dx/dz| with x(z) = truncnorm.ppf(Phi(z)) (numerical
+    # derivative). scale < 0 (the lower bound the nearer) mirrors the map.
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.util import potential_energy
+
+    low, high = 0.5, 1.0
+    for loc, scale in ((0.986, 0.0084), (0.507, -0.004), (0.75, 0.1)):
+        s = abs(scale)
+        ref = stats.truncnorm((low - loc) / s, (high - loc) / s, loc=loc, scale=s)
+        with jax.enable_x64(True):
+            t = biject_to(inf.EdgeUniform(low, high, loc, scale).support)
+            x = ref.rvs(size=20000, random_state=np.random.default_rng(0))
+            z = np.asarray(t.inv(jnp.asarray(x)))
+            assert stats.kstest(np.sign(scale) * z, "norm").pvalue > 0.01
+            zs = np.linspace(-2.5, 2.5, 11)
+            np.testing.assert_allclose(np.asarray(t(jnp.asarray(zs))),
+                                       ref.ppf(stats.norm.cdf(np.sign(scale) * zs)), rtol=1e-9)
+
+            def model():
+                numpyro.sample("x", inf.EdgeUniform(low, high, loc, scale))
+
+            h, zr = 1e-5, np.sign(scale) * zs
+            dxdz = np.abs(ref.ppf(stats.norm.cdf(zr + h)) - ref.ppf(stats.norm.cdf(zr - h))) / (
+                2 * h)
+            u = [float(potential_energy(model, (), {}, {"x": jnp.asarray(v)})) for v in zs]
+            np.testing.assert_allclose(u, -np.log(1.0 / (high - low)) - np.log(dxdz), atol=1e-5)
+    with pytest.raises(ValueError, match="low < loc < high"):
+        inf.EdgeUniform(low, high, 1.2, 0.1)
+
+
+def test_edge_reparam_samples_a_posterior_against_a_bound():
+    # x ~ U(0, 1), y = 1 observed with sd 0.02 plus a second, interior parameter: the posterior
+    # of x is N(1, 0.02) truncated at the prior's upper bound. The pooled warm-up must move x
+    # (only) to EdgeUniform coordinates, with loc and scale from its draws, and the sampled
+    # quantiles must match scipy's truncnorm
+    def model():
+        x = numpyro.sample("x", inf.ProbitUniform(0.0, 1.0))
+        w = numpyro.sample("w", inf.ProbitUniform(-5.0, 5.0))
+        numpyro.sample("y", dist.Normal(x, 0.02), obs=1.0)
+        numpyro.sample("v", dist.Normal(w, 0.1), obs=0.3)
+
+    m = inf.find_map(model, {}, n_starts=2, n_steps=100, progress=False)
+    mcmc = inf.run_nuts(model, {}, m, num_warmup=400, num_samples=3000, num_chains=2,
+                        mass_matrix="pooled", progress=False)
+    assert set(mcmc.jkin_edge_sites) == {"x"}
+    loc, scale = mcmc.jkin_edge_sites["x"]
+    assert 0.97 < loc < 1.0 and 0.005 < scale < 0.03
+    ref = stats.truncnorm(-1.0 / 0.02, 0.0, loc=1.0, scale=0.02)
+    x = np.asarray(mcmc.get_samples()["x"])
+    np.testing.assert_allclose(np.percentile(x, [10, 50, 90]), ref.ppf([0.1, 0.5, 0.9]),
+                               atol=0.002)
+    assert float(x.max()) <= 1.0
+    off = inf.run_nuts(model, {}, m, num_warmup=100, num_samples=100, num_chains=1,
+                       mass_matrix="pooled", edge_reparam=False, progress=False)
+    assert off.jkin_edge_sites == {}
