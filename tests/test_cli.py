@@ -118,6 +118,10 @@ def test_light_precision_reaches_the_lens_model(tmp_path):
      "inference.target_accept"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\n'
      'light_precision = "half"\n', "inference.light_precision"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\nedge_reparam = 1\n',
+     "inference.edge_reparam"),
+    ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\nnum_chains = true\n',
+     "inference.num_chains"),
     ('mode = \n', "not valid TOML"),
     ('mode = "kinematics"\n[data]\nkinematics = "ifu.fits"\n[inference]\ninit_from = "lens"\n',
      "inference.init_from"),
