@@ -120,6 +120,9 @@ def main():
     ap.add_argument("--max-tree-depth", type=int, default=7)
     ap.add_argument("--target-accept", type=float, default=0.8,
                     help="NUTS's target acceptance probability")
+    ap.add_argument("--no-curve-reparam", action="store_true",
+                    help="sample without inference.curve_shifts' coordinates (as before session "
+                    "26)")
     ap.add_argument("--chain-method", default="auto",
                     choices=CHAIN_METHODS,
                     help="numpyro's (auto: parallel on a CPU with a core per chain); parallel "
@@ -145,7 +148,8 @@ def main():
     inference = dict(seed=0, n_starts=args.n_starts, map_steps=args.map_steps,
                      num_warmup=args.num_warmup, num_samples=args.num_samples,
                      num_chains=args.num_chains, max_tree_depth=args.max_tree_depth,
-                     target_accept=args.target_accept, chain_method=args.chain_method)
+                     target_accept=args.target_accept, chain_method=args.chain_method,
+                     curve_reparam=not args.no_curve_reparam)
     if args.quick:
         inference.update(n_starts=2, map_steps=20, num_warmup=20, num_samples=20,
                          max_tree_depth=3, position_steps=100)

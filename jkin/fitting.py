@@ -42,6 +42,9 @@ A configuration file (TOML; paths relative to the file)::
     edge_reparam = true               # with the pooled mass matrix: a parameter whose warm-up
                                       # draws press on a prior bound is sampled in coordinates
                                       # fitted to them (inference.EdgeUniform)
+    curve_reparam = true              # with the pooled mass matrix: a parameter whose warm-up
+                                      # draws bend around another's is sampled as its offset
+                                      # from a cubic in it (inference.CurveShift)
 
 Outputs in ``output``: ``posterior.nc`` (arviz InferenceData, netcdf), ``summary.csv`` (arviz
 summary: mean, sd, HDI, R-hat, ESS of the 13 parameters and the derived masses),
@@ -68,6 +71,7 @@ _INFERENCE_DEFAULTS = dict(seed=0, n_starts=8, map_steps=1000, num_warmup=300, n
                            num_chains=2, max_tree_depth=8, target_accept=0.8,
                            chain_method="auto", z_lens=0.5, position_steps=1000, map_restarts=1,
                            init_from="", mass_matrix="auto", edge_reparam=True,
+                           curve_reparam=True,
                            precision="float64", light_precision="float32")
 #: inference.MASS_MATRICES, repeated: importing jkin.inference here would fix the XLA device
 #: count before ``use_host_devices`` could set it
@@ -315,6 +319,7 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
                   position_steps=opts["position_steps"], init=init,
                   map_chi2_limit=CHI2_WARN, map_restarts=opts["map_restarts"],
                   mass_matrix=opts["mass_matrix"], edge_reparam=opts["edge_reparam"],
+                  curve_reparam=opts["curve_reparam"],
                   x64=opts["precision"] == "float64",
                   progress=progress)
     # the MAP's sites, without per-pixel ones (e.g. a source grid)
@@ -344,6 +349,8 @@ def run_fit(cfg: FitConfig | str | Path, *, progress: bool = True) -> dict:
         "chain_method": res.mcmc.chain_method,  # as run ("auto" resolved)
         # sites whose sampler coordinate followed their posterior against a bound (loc, scale)
         "edge_sites": getattr(res.mcmc, "jkin_edge_sites", {}),
+        # sites sampled as offsets from a cubic in another (inference.curve_shifts)
+        "curve_sites": inf.curve_sites(res.mcmc),
         "max_rhat": float(summary["r_hat"].loc[list(inf.GALAXY_SITES)].max()),
         "min_ess_bulk": float(summary["ess_bulk"].loc[list(inf.GALAXY_SITES)].min()),
         "divergences": int(np.asarray(res.idata.sample_stats["diverging"]).sum())

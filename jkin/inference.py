@@ -102,7 +102,7 @@ __all__ = [
     "derived_quantities", "mass_within", "MODELS", "float32_emulator", "chain_method_for",
     "map_imaging_chi2", "ProbitUniform", "pooled_mass_matrix", "MASS_MATRICES", "Potential",
     "laplace", "DistanceRatio", "distances", "distance_latents", "with_distance_latents",
-    "EdgeUniform", "edge_priors",
+    "EdgeUniform", "edge_priors", "CurveShift", "curve_shifts", "curve_sites",
 ]
 
 #: The 13 parameters of the paper's Tables 1-2, in ``jkin.kinematics.THETA_NAMES`` order.
@@ -1216,7 +1216,8 @@ MASS_MATRICES = ("auto", "laplace", "pooled", "adapt")
 def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup: int = 300,
              num_samples: int = 500, num_chains: int = 2, max_tree_depth: int = 8,
              target_accept: float = 0.8, chain_method: str = "auto", mass_matrix: str = "auto",
-             edge_reparam: bool = True, x64: bool | None = None, progress: bool = True):
+             edge_reparam: bool = True, curve_reparam: bool = True, x64: bool | None = None,
+             progress: bool = True):
     """NUTS (dense mass matrix) with chains started from the Laplace approximation at the MAP.
 
     The chains start at independent draws of N(z_MAP, H^-1) in unconstrained space (the MAP
@@ -1240,6 +1241,10 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     fitted to those draws (``EdgeUniform``; same prior density), the draws, the chains' states
     and the Laplace matrix carried over; the sites and their (loc, scale) are in
     ``mcmc.jkin_edge_sites``.
+    ``curve_reparam`` (with "pooled"): then, every scalar latent whose first-stage draws bend
+    around another's (``curve_shifts``) is sampled as its offset from a cubic in the other
+    (``CurveShift``; unit Jacobian, same density), carried over likewise; in
+    ``mcmc.jkin_curve_sites``.
     ``target_accept``: the mean acceptance probability the step size is adapted to (numpyro's
     0.8). At 0.8 the joint fits of recovery systems 3, 6, 9 had 5-15 divergences in 600 draws,
     in the tails of the lensing parameters; system 6 at 0.9 had none for 10% more leapfrog
@@ -1258,7 +1263,7 @@ def run_nuts(model, kwargs: dict, map_result: dict, *, seed: int = 0, num_warmup
     with _callback_x64(use and progress and chain_method == "parallel"), jax.enable_x64(use):
         return _run_nuts(model, _x64_kwargs(kwargs, use), map_result, seed, num_warmup,
                          num_samples, num_chains, max_tree_depth, target_accept,
-                         chain_method, mass_matrix, edge_reparam, progress)
+                         chain_method, mass_matrix, edge_reparam, curve_reparam, progress)
 
 
 @contextlib.contextmanager
@@ -1373,6 +1378,82 @@ def _recoordinate(old, new, names, z) -> dict:
     return {k: new[k].inv(old[k](v)) if k in names else v for k, v in z.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class CurveShift:
+    """A sampler coordinate that follows a curved degeneracy: the unconstrained latent of the
+    target site is sampled as y = z - f(z_source), f the cubic ``coef`` (highest power first)
+    fitted to warm-up draws of the target against the ``source`` site, continued by its tangent
+    outside the draws' range [``lo``, ``hi``] of the source. A shear along the source axis: unit
+    Jacobian, so the density in z is unchanged. ``gain``: the fraction of the target's variance
+    left by a straight line that the cubic explains."""
+
+    source: str
+    coef: tuple
+    lo: float
+    hi: float
+    gain: float
+
+    def __call__(self, t):
+        c = jnp.asarray(self.coef)
+        tc = jnp.clip(t, self.lo, self.hi)
+        return jnp.polyval(c, tc) + jnp.polyval(jnp.polyder(c), tc) * (t - tc)
+
+
+def curve_shifts(warm: Mapping, *, min_gain: float = 0.2, degree: int = 3) -> dict:
+    """``CurveShift``s for the scalar latents whose warm-up draws (``warm``: unconstrained, by
+    site, chains first) bend around another's: for each ordered pair (source, target) the cubic
+    of the target in the source is fitted by least squares; where it explains at least
+    ``min_gain`` of the variance a straight line leaves (a straight degeneracy is the dense mass
+    matrix's), the pair is kept, best first, a site being the target of one shift at most and
+    never both a source and a target (so the shifts commute and invert exactly). Recovery
+    system 7's inclination-anisotropy degeneracy: probit(beta_z) climbs to its bound as the
+    inclination falls, an L in the probit coordinates (docs/inference.md)."""
+    x = {k: np.asarray(v, float).ravel() for k, v in warm.items() if np.ndim(v) == 2}
+    x = {k: v for k, v in x.items() if np.all(np.isfinite(v)) and np.ptp(v) > 0}
+    found = []
+    for b, y in x.items():
+        for a, t in x.items():
+            if a == b:
+                continue
+            r1 = y - np.polyval(np.polyfit(t, y, 1), t)
+            coef = np.polyfit(t, y, degree)
+            gain = 1.0 - np.var(y - np.polyval(coef, t)) / np.var(r1)
+            if gain >= min_gain:
+                found.append((gain, a, b, coef))
+    out, sources = {}, set()
+    for gain, a, b, coef in sorted(found, key=lambda f: -f[0]):
+        if b in out or b in sources or a in out:
+            continue
+        out[b] = CurveShift(a, tuple(float(c) for c in coef), float(x[a].min()),
+                            float(x[a].max()), float(gain))
+        sources.add(a)
+    return out
+
+
+def _shift(shifts: Mapping, z: Mapping, sign: float) -> dict:
+    """z -> y (``sign`` -1) or y -> z (+1) under ``curve_shifts``' shifts."""
+    return {k: v + sign * shifts[k](z[shifts[k].source]) if k in shifts else v
+            for k, v in z.items()}
+
+
+def _carry(convert, potential_fn, z, cov, warm, last_z, num_chains):
+    """The first stage moved into new sampler coordinates by ``convert`` (latents -> latents):
+    the MAP ``z``, the Laplace covariance ``cov`` (linearised at the MAP), the draws ``warm`` and
+    the chains' last states ``last_z``, with the chains' start for ``potential_fn``."""
+    flat, unravel = ravel_pytree(z)
+    z_new = convert(z)
+    jac = np.asarray(jax.jacfwd(lambda f: ravel_pytree(convert(unravel(f)))[0])(flat))
+    warm = jax.vmap(jax.vmap(convert))(warm)
+    zs = last_z if num_chains > 1 else jax.tree.map(lambda a: a[None], last_z)
+    zs = jax.vmap(convert)(zs)
+    starts = jax.vmap(lambda v: ravel_pytree(v)[0])(zs)
+    init = _start(potential_fn, z_new, np.asarray(starts).reshape(num_chains, -1))
+    if num_chains == 1:
+        init = jax.tree.map(lambda a: a[0], init)
+        zs = jax.tree.map(lambda a: a[0], zs)
+    return z_new, jac @ cov @ jac.T, warm, zs, init
+
+
 def _galaxy_deterministics(v, priors: Priors | None = None) -> dict:
     """R_sersic, inclination, phi, D_dt, D_d from the reparametrised latents (JAX; as in
     galaxy_params; the distances need the ``priors``' ranges, default ``Priors()``)."""
@@ -1422,6 +1503,15 @@ def _cheap_postprocess(transforms, lens_data=None, priors=None):
     return postprocess
 
 
+def curve_sites(mcmc) -> dict:
+    """``run_nuts``' curve shifts as plain data: {target: {source, coef, lo, hi, gain}}."""
+    return {k: dataclasses.asdict(v) for k, v in getattr(mcmc, "jkin_curve_sites", {}).items()}
+
+
+def _compose(f, g, x):
+    return f(g(x))
+
+
 def _start(potential_fn, z_like, draws) -> ParamInfo:
     """The chains' starting points (``draws``, flat, one row per chain) with their potential
     energies and gradients from the MAP search's compiled value and gradient: given them,
@@ -1435,7 +1525,8 @@ def _start(potential_fn, z_like, draws) -> ParamInfo:
 
 
 def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chains,
-              max_tree_depth, target_accept, chain_method, mass_matrix, edge_reparam, progress):
+              max_tree_depth, target_accept, chain_method, mass_matrix, edge_reparam,
+              curve_reparam, progress):
     z = map_result["z"]
     flat = ravel_pytree(z)[0]
     potential_fn = map_result["potential_fn"]
@@ -1463,7 +1554,7 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
 
     key = jax.random.PRNGKey(seed)
     first = num_warmup // 2
-    edges = {}
+    edges, shifts = {}, {}
     if mass_matrix == "pooled" and cov is not None and first >= 20:
         # first half of the warm-up under the Laplace matrix: a quarter adapting the step size,
         # a quarter of draws, kept unconstrained, for the pooled estimate
@@ -1477,25 +1568,27 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
         last = mcmc.last_state
         init = ParamInfo(last.z, last.potential_energy, last.z_grad)
         edges = edge_priors(model, kwargs, transforms, warm) if edge_reparam else {}
+        last_z = last.z
         if edges:
             # the sites against a bound re-mapped (EdgeUniform): the draws, the start and the
-            # Laplace covariance (linearised at the MAP) carried into the new coordinates
+            # Laplace covariance carried into the new coordinates
             model = _replace_priors(model, edges)
             potential_fn, _, _, new = _potential(model, kwargs, True)
             convert = functools.partial(_recoordinate, transforms, new, tuple(edges))
             transforms = new
             postprocess = _cheap_postprocess(transforms, kwargs.get("lens_data"),
                                              kwargs.get("priors"))
-            warm = jax.vmap(jax.vmap(convert))(warm)
-            z_new = convert(z)
-            unravel = ravel_pytree(z_new)[1]
-            jac = np.asarray(jax.jacfwd(lambda f: ravel_pytree(convert(unravel(f)))[0])(flat))
-            cov = jac @ cov @ jac.T
-            zs = last.z if num_chains > 1 else jax.tree.map(lambda a: a[None], last.z)
-            starts = jax.vmap(lambda v: ravel_pytree(convert(v))[0])(zs)
-            init = _start(potential_fn, z_new, np.asarray(starts).reshape(num_chains, -1))
-            if num_chains == 1:
-                init = jax.tree.map(lambda a: a[0], init)
+            z, cov, warm, last_z, init = _carry(convert, potential_fn, z, cov, warm, last_z,
+                                                num_chains)
+        shifts = curve_shifts(warm) if curve_reparam else {}
+        if shifts:
+            # a curved degeneracy straightened (CurveShift): the sampler's coordinates are y,
+            # the model's z = y + f(y_source)
+            to_z = functools.partial(_shift, shifts, sign=1.0)
+            potential_fn = functools.partial(_compose, potential_fn, to_z)
+            postprocess = functools.partial(_compose, postprocess, to_z)
+            z, cov, warm, last_z, init = _carry(functools.partial(_shift, shifts, sign=-1.0),
+                                                potential_fn, z, cov, warm, last_z, num_chains)
         flat_draws = jax.vmap(jax.vmap(lambda v: ravel_pytree(v)[0]))(warm)
         cov = pooled_mass_matrix(np.asarray(flat_draws).reshape(-1, flat.size), cov)
         num_warmup = num_warmup - first
@@ -1510,6 +1603,8 @@ def _run_nuts(model, kwargs, map_result, seed, num_warmup, num_samples, num_chai
     jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
     #: the sites re-mapped by ``edge_priors``: {name: (loc, scale)}
     mcmc.jkin_edge_sites = {k: (d.loc, d.scale) for k, d in edges.items()}
+    #: the sites whose coordinate followed a curve (``curve_shifts``): {target: CurveShift}
+    mcmc.jkin_curve_sites = shifts
     return mcmc
 
 
@@ -1564,6 +1659,7 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
         max_tree_depth: int = 8, target_accept: float = 0.8, chain_method: str = "auto",
         z_lens: float = cv.Z_D,
         position_steps: int = 1000, mass_matrix: str = "auto", edge_reparam: bool = True,
+        curve_reparam: bool = True,
         x64: bool | None = None,
         init: Mapping | None = None, map_chi2_limit: float | None = None,
         map_restarts: int = 1,
@@ -1581,7 +1677,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     mcmc = run_nuts(model, kwargs, m, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, max_tree_depth=max_tree_depth,
                     target_accept=target_accept, chain_method=chain_method,
-                    mass_matrix=mass_matrix, edge_reparam=edge_reparam, x64=x64,
+                    mass_matrix=mass_matrix, edge_reparam=edge_reparam,
+                    curve_reparam=curve_reparam, x64=x64,
                     progress=progress)
     t2 = time.perf_counter()
     samples = mcmc.get_samples(group_by_chain=True)
@@ -1594,5 +1691,6 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     idata = az.from_dict(posterior=keep, sample_stats=stats)
     idata.posterior.attrs["jkin_map_log_density"] = float(m["log_density"][m["best"]])
     idata.posterior.attrs["jkin_edge_sites"] = json.dumps(getattr(mcmc, "jkin_edge_sites", {}))
+    idata.posterior.attrs["jkin_curve_sites"] = json.dumps(curve_sites(mcmc))
     timings = {"map_s": t1 - t0, "nuts_s": t2 - t1, "total_s": t2 - t0}
     return FitResult(idata, m, mcmc, timings)
