@@ -719,6 +719,8 @@ def test_curve_shifts_follow_a_bent_dependence_and_leave_straight_ones():
     b2 = a**2 + 0.1 * rng.normal(size=a.shape)
     many = inf.curve_shifts({"a": a, "bent": warm["bent"], "b2": b2})
     assert set(many) == {"bent", "b2"} and {v.source for v in many.values()} == {"a"}
+    # too few draws for a cubic: nothing is shifted
+    assert inf.curve_shifts({k: v[:, :40] for k, v in warm.items()}) == {}
 
 
 def test_curve_reparam_samples_a_banana():

@@ -1,0 +1,32 @@
+"""Assemble the ten joint fits of the session-26 set for recovery.py --report-only: each system
+at target acceptance 0.8 (numpyro's and jkin's default) where its 0.8 fit has max R-hat < 1.01
+and divergences in at most 1% of its draws, else its 0.9 fit (docs/inference.md: raise it when a
+fit reports divergences). All fits are this session's, on the sampler with the curve shifts
+(inference.curve_shifts): ta80/ and ta90/ here.
+
+    python benchmarks/results/recovery-s26/assemble.py OUT
+    python benchmarks/recovery.py --out OUT --systems 10 --modes joint --report-only
+"""
+import json
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here.parents[1]))
+import recovery  # noqa: E402
+
+
+def passes(fit: Path) -> bool:
+    d = json.loads((fit / "fit.json").read_text())
+    draws = d["inference"]["num_chains"] * d["inference"]["num_samples"]
+    return d["max_rhat"] < 1.01 and d["divergences"] <= 0.01 * draws
+
+
+sources = {}
+for k in range(10):
+    for root in (here / "ta80", here / "ta90"):
+        fit = root / f"system{k:02d}" / "joint"
+        if (fit / "fit.json").exists() and (root.name == "ta90" or passes(fit)):
+            sources[k] = fit
+            break
+recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
