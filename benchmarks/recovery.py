@@ -343,6 +343,14 @@ def _d_d_expectation(rel_sd, tol=D_D_TOL) -> str:
             f"{p.size} with probability {p.prod():.3f}")
 
 
+def fit_passes(fit: Path) -> bool:
+    """The set rule of ``results/recovery-s*/assemble.py``: a fit folder whose fit.json has max
+    R-hat < 1.01 and divergences in at most 1% of its draws."""
+    d = json.loads((Path(fit) / "fit.json").read_text())
+    draws = d["inference"]["num_chains"] * d["inference"]["num_samples"]
+    return d["max_rhat"] < 1.01 and d["divergences"] <= 0.01 * draws
+
+
 def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
     """Assemble a set for ``--report-only`` from fits made in several runs: ``OUT/systemKK/MODE``
     becomes a link to ``sources[K]`` (a fit folder holding fit.json and posterior.nc), and each

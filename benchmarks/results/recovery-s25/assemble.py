@@ -9,7 +9,6 @@ session's (ta80/ here) or session 24's (recovery-s24/ta80: 2, 4, 5, 6); the 0.9 
     python benchmarks/results/recovery-s25/assemble.py OUT
     python benchmarks/recovery.py --out OUT --systems 10 --modes joint --report-only
 """
-import json
 import sys
 from pathlib import Path
 
@@ -21,17 +20,12 @@ s24 = here.parent / "recovery-s24"
 roots = [here / "ta80", s24 / "ta80", here / "ta90", s24 / "ta90"]
 
 
-def passes(fit: Path) -> bool:
-    d = json.loads((fit / "fit.json").read_text())
-    draws = d["inference"]["num_chains"] * d["inference"]["num_samples"]
-    return d["max_rhat"] < 1.01 and d["divergences"] <= 0.01 * draws
-
 
 sources = {}
 for k in range(10):
     for root in roots:
         fit = root / f"system{k:02d}" / "joint"
-        if (fit / "fit.json").exists() and (root.name == "ta90" or passes(fit)):
+        if (fit / "fit.json").exists() and (root.name == "ta90" or recovery.fit_passes(fit)):
             sources[k] = fit
             break
 recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))

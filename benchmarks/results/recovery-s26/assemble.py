@@ -7,7 +7,6 @@ fit reports divergences). All fits are this session's, on the sampler with the c
     python benchmarks/results/recovery-s26/assemble.py OUT
     python benchmarks/recovery.py --out OUT --systems 10 --modes joint --report-only
 """
-import json
 import sys
 from pathlib import Path
 
@@ -16,17 +15,12 @@ sys.path.insert(0, str(here.parents[1]))
 import recovery  # noqa: E402
 
 
-def passes(fit: Path) -> bool:
-    d = json.loads((fit / "fit.json").read_text())
-    draws = d["inference"]["num_chains"] * d["inference"]["num_samples"]
-    return d["max_rhat"] < 1.01 and d["divergences"] <= 0.01 * draws
-
 
 sources = {}
 for k in range(10):
     for root in (here / "ta80", here / "ta90"):
         fit = root / f"system{k:02d}" / "joint"
-        if (fit / "fit.json").exists() and (root.name == "ta90" or passes(fit)):
+        if (fit / "fit.json").exists() and (root.name == "ta90" or recovery.fit_passes(fit)):
             sources[k] = fit
             break
 recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
