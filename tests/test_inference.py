@@ -723,6 +723,30 @@ def test_curve_shifts_follow_a_bent_dependence_and_leave_straight_ones():
     assert inf.curve_shifts({k: v[:, :40] for k, v in warm.items()}) == {}
 
 
+def test_prior_only_sites_are_those_no_likelihood_touches_and_are_never_shifted():
+    # "seen" enters the likelihood, "free" does not (its posterior is its prior), "wide" is not a
+    # uniform (its coordinate's prior is not N(0, 1)); all three are scalars, "vec" is not
+    def model():
+        seen = numpyro.sample("seen", inf.ProbitUniform(0.0, 2.0))
+        numpyro.sample("free", inf.ProbitUniform(-1.0, 3.0))
+        wide = numpyro.sample("wide", dist.Normal(0.0, 2.0))
+        numpyro.sample("vec", inf.ProbitUniform(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.sample("obs", dist.Normal(seen + 0.1 * wide, 0.3), obs=1.2)
+
+    pot = inf.Potential(model, {})
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(3, pot.size))
+    z = jax.vmap(pot.latents)(jnp.asarray(xs))
+    grads = jax.vmap(pot.latents)(jnp.stack([jnp.asarray(pot.value_and_grad(x)[1]) for x in xs]))
+    assert inf.prior_only_sites(model, {}, z, grads) == ("free",)
+    # a curve from a prior-only site is never taken, however large its (spurious) gain
+    a = rng.normal(size=(2, 200))
+    warm = {"a": a, "bent": a**2 + 0.2 * rng.normal(size=a.shape)}
+    assert set(inf.curve_shifts(warm)) == {"bent"}
+    assert inf.curve_shifts(warm, exclude=("a",)) == {}
+    assert inf.curve_shifts(warm, exclude=("bent",)) == {}
+
+
 def test_curve_reparam_samples_a_banana():
     # a ~ N(0, 1), b ~ N(0, 3), b - a^2 = 0 observed with sd 0.5: a banana, b bending around a,
     # which one dense mass matrix cannot follow. With curve_reparam the pooled warm-up must
