@@ -133,9 +133,9 @@ def main():
                     help="float32: kinematics-only fits 1.4x cheaper per step; only when no "
                     "fit of another mode is left to run (one process must not mix the two)")
     ap.add_argument("--init-from", default=None, metavar="ROOT",
-                    help="start each joint fit at the MAP of ROOT/systemNN/lensing/fit.json (an "
-                    "earlier run's lensing-only fits; default: this run's, when 'lensing' is in "
-                    "--modes)")
+                    help="start each joint and lensing-only fit at the MAP of "
+                    "ROOT/systemNN/lensing/fit.json (an earlier run's blind lensing-only fits; "
+                    "default: joint fits at this run's, when 'lensing' is in --modes)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the finished fits; run nothing")
     args = ap.parse_args()
@@ -165,7 +165,7 @@ def main():
         todo = []
         for mode in args.modes:
             inf_mode = dict(inference)
-            if mode == "joint" and args.init_from:
+            if mode in ("joint", "lensing") and args.init_from:
                 src = Path(args.init_from).resolve() / f"system{k:02d}" / "lensing"
                 if not (src / "fit.json").exists():
                     ap.error(f"--init-from: no {src / 'fit.json'}")
