@@ -351,6 +351,19 @@ def fit_passes(fit: Path) -> bool:
     return d["max_rhat"] < 1.01 and d["divergences"] <= 0.01 * draws
 
 
+def choose_fits(roots, mode: str = "joint", n_systems: int = 10) -> dict:
+    """Per system the ``mode`` fit of the first of ``roots`` (run folders holding
+    ``systemKK/MODE``) that passes ``fit_passes``, else the last root's as it is: {K: folder}."""
+    out = {}
+    for k in range(n_systems):
+        for i, root in enumerate(roots):
+            fit = Path(root) / f"system{k:02d}" / mode
+            if (fit / "fit.json").exists() and (i == len(roots) - 1 or fit_passes(fit)):
+                out[k] = fit
+                break
+    return out
+
+
 def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
     """Assemble a set for ``--report-only`` from fits made in several runs: ``OUT/systemKK/MODE``
     becomes a link to ``sources[K]`` (a fit folder holding fit.json and posterior.nc), and each

@@ -19,8 +19,6 @@ import recovery  # noqa: E402
 s24 = here.parent / "recovery-s24"
 roots = [here / "ta80", s24 / "ta80", here / "ta90", s24 / "ta90"]
 
-
-
 sources = {}
 for k in range(10):
     for root in roots:

@@ -14,13 +14,5 @@ here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[1]))
 import recovery  # noqa: E402
 
-
-
-sources = {}
-for k in range(10):
-    for root in (here / "ta80", here / "ta90"):
-        fit = root / f"system{k:02d}" / "joint"
-        if (fit / "fit.json").exists() and (root.name == "ta90" or recovery.fit_passes(fit)):
-            sources[k] = fit
-            break
-recovery.link_fits(Path(sys.argv[1]), sources, recovery.system_truths(10))
+recovery.link_fits(Path(sys.argv[1]), recovery.choose_fits((here / "ta80", here / "ta90")),
+                   recovery.system_truths(10))

@@ -14,21 +14,8 @@ here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[1]))
 import recovery  # noqa: E402
 
-
-def chosen(roots, mode):
-    """Per system the first passing fit of ``roots`` (the last root taken as it is)."""
-    out = {}
-    for k in range(10):
-        for i, root in enumerate(roots):
-            fit = root / f"system{k:02d}" / mode
-            if (fit / "fit.json").exists() and (i == len(roots) - 1 or recovery.fit_passes(fit)):
-                out[k] = fit
-                break
-    return out
-
-
 out, truths = Path(sys.argv[1]), recovery.system_truths(10)
 s26 = here.parent / "recovery-s26"
 for mode, roots in (("lensing", (here / "ta80", here / "ta90")),
                     ("joint", (s26 / "ta80", s26 / "ta90"))):
-    recovery.link_fits(out, chosen(roots, mode), truths, mode=mode)
+    recovery.link_fits(out, recovery.choose_fits(roots, mode), truths, mode=mode)
