@@ -27,7 +27,9 @@ inclination        ``i_min(q_mass, q_light) + (90 deg - i_min) * inclination_fra
                    ``inclination_frac ~ U(0, 1)``; i_min = arccos(min q) + 2 deg as in training
 phi [deg]          ``phi = atan2(phi_vec[1], phi_vec[0]) / 2`` with ``phi_vec ~ N(0, I_2)``
                    times a ring factor exp(-(|phi_vec| - 1)^2 / (2 * 0.1^2)) (no funnel at 0):
-                   uniform in (-90, 90], no wrap-around edge for NUTS (phi is defined mod 180)
+                   uniform in (-90, 90], no wrap-around edge for NUTS (phi is defined mod 180);
+                   ``fit`` stores its draws on the 180-deg branch around their circular mean
+                   (``phi_branch``), so a posterior near +-90 deg is not split in two
 x_c, y_c [arcsec]  uniform in ``centre +- centre_half_width`` (default (0, 0) +- 0.5")
 D_dt, D_d [Mpc]    uniform in ``[D_dt_range]``, ``[D_d_range]`` (default 0.5-2x the fiducial
                    distances of the emulator, 1443-5773 and 608-2431 Mpc), independent;
@@ -345,6 +347,22 @@ def _inclination(q_mass, q_light, frac):
 
 def _phi(vec):
     return 0.5 * jnp.rad2deg(jnp.arctan2(vec[..., 1], vec[..., 0]))
+
+
+def phi_branch(phi, centre=None) -> np.ndarray:
+    """Draws of the position angle phi [deg] (defined mod 180) on the branch
+    (c - 90, c + 90] around ``centre`` c, by default their circular mean (of 2 phi).
+
+    The sampler returns phi in (-90, 90]; a posterior near +-90 deg is then split between
+    the two ends, and its mean, sd, intervals and R-hat are wrong (two chains at 89 and -89
+    deg read as far apart). On the branch they are those of the distribution on the circle,
+    for any posterior narrower than 180 deg. Idempotent; draws far from the wrap keep their
+    values."""
+    phi = np.asarray(phi, dtype=float)
+    if centre is None:
+        z = np.exp(2j * np.deg2rad(phi)).mean()
+        centre = 0.5 * np.rad2deg(np.angle(z)) if abs(z) > 0 else 0.0
+    return phi + 180.0 * np.floor((centre + 90.0 - phi) / 180.0)
 
 
 def galaxy_params(priors: Priors = Priors(), *, distance_ratio: bool = True) -> dict:
@@ -1715,6 +1733,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     keep = {k: np.asarray(v) for k, v in samples.items()
             if k not in ("vrms_model",) and np.asarray(v).ndim <= 3}
     keep.update(derived_quantities(keep, z_lens))
+    if "phi" in keep:
+        keep["phi"] = phi_branch(keep["phi"])
     extra = mcmc.get_extra_fields(group_by_chain=True)
     names = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate"}
     stats = {names[k]: np.asarray(v) for k, v in extra.items() if k in names}

@@ -747,6 +747,24 @@ def test_prior_only_sites_are_those_no_likelihood_touches_and_are_never_shifted(
     assert inf.curve_shifts(warm, exclude=("bent",)) == {}
 
 
+def test_phi_branch_puts_draws_near_the_wrap_on_one_branch():
+    # a posterior at 88 +- 3 deg (phi is defined mod 180): in (-90, 90] its draws are split
+    # between the two ends, and their mean and sd read a wide posterior centred near 0
+    rng = np.random.default_rng(3)
+    raw = np.mod(88.0 + 3.0 * rng.standard_normal((2, 2000)) + 90.0, 180.0) - 90.0
+    assert raw.min() < -80 and raw.max() > 80
+    branch = inf.phi_branch(raw)
+    d = np.mod(branch - raw, 180.0)
+    assert np.all(np.minimum(d, 180.0 - d) < 1e-9)  # the same angles mod 180
+    c = stats.circmean(raw, high=90.0, low=-90.0)  # scipy's circular mean, period 180
+    assert np.all((branch > c - 90) & (branch <= c + 90))
+    assert abs(raw.mean()) < 60 and raw.std() > 60
+    assert abs(branch.mean() - 88.0) < 0.2 and abs(branch.std() - 3.0) < 0.1
+    assert np.array_equal(inf.phi_branch(branch), branch)  # idempotent
+    far = rng.uniform(-40.0, 40.0, size=500)  # away from the wrap: unchanged
+    assert np.array_equal(inf.phi_branch(far), far)
+
+
 def test_curve_reparam_samples_a_banana():
     # a ~ N(0, 1), b ~ N(0, 3), b - a^2 = 0 observed with sd 0.5: a banana, b bending around a,
     # which one dense mass matrix cannot follow. With curve_reparam the pooled warm-up must
