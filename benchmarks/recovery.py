@@ -234,7 +234,7 @@ def report(out: Path, truths, modes, wall):
                 s, t = np.asarray(post[n]).ravel(), truth[n]
                 if n == "phi":  # mod 180: draws on their branch, the truth moved onto it
                     s = phi_branch(s)
-                    t = t + 180.0 * np.round((np.median(s) - t) / 180.0)
+                    t = float(phi_branch(t, centre=np.median(s)))
                 lo68, hi68, lo95, hi95 = np.percentile(s, [16, 84, 2.5, 97.5])
                 inside[m][n].append((lo68 <= t <= hi68, lo95 <= t <= hi95))
                 n_in95 += int(lo95 <= t <= hi95)

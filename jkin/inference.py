@@ -1435,8 +1435,9 @@ def curve_shifts(warm: Mapping, *, min_gain: float = 0.2, degree: int = 3,
     between one and another site is noise. Recovery system 3's lensing-only fit, from 2 x 75
     draws, shifted the prior-only inclination_frac on a shear offset and beta_z on gamma (gains
     0.21-0.23) and ended with 337 divergences and R-hat 1.18."""
+    exclude = set(exclude)
     x = {k: np.asarray(v, float).ravel() for k, v in warm.items()
-         if np.ndim(v) == 2 and k not in set(exclude)}
+         if np.ndim(v) == 2 and k not in exclude}
     if not x or min(v.size for v in x.values()) < min_draws:
         return {}
     x = {k: v for k, v in x.items() if np.all(np.isfinite(v)) and np.ptp(v) > 0}
