@@ -23,6 +23,12 @@ posterior reaches a bound (system 8's R_sersic at 0.994 theta_E, 0.75 sd from th
 theta_E) the Jacobian of that map shifts and narrows it, so the pulls of R_sersic and of the
 light parameters correlated with it (n_sersic, q_light) measure the approximation, not the
 model. ``--out`` also keeps each MAP's offset (MAP - truth) / sd.
+
+    python benchmarks/lensing_calibration.py --pool results/lensing_calibration/system*.json
+
+pools the realisations of such files (several systems) instead of fitting: the same table over
+``POOL_NAMES`` (the lens mass and D_dt, valid in every system so far), with a 95% interval on
+the rms (chi^2 with N degrees of freedom, as for N draws of N(0, s^2)), and per file.
 """
 
 from __future__ import annotations
@@ -35,6 +41,22 @@ from pathlib import Path
 import numpy as np
 
 from recovery import LENS_NAMES as NAMES, system_truths  # the mock's lens parameters
+
+#: The parameters ``--pool`` reports: the light's (q_light, R_sersic, n_sersic) are left out,
+#: being invalid where R_sersic presses on its bound (system 8, above).
+POOL_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "D_dt")
+
+
+def delays_alone_pull(base, data) -> float:
+    """(D_dt - D_dt,delays) / sd: where the truth lies against the D_dt that the measured delays
+    alone give at the *true* lens model (``lensing.delay_distance``), in its sd. It measures the
+    realisation's delay noise, nothing of the inference: over realisations it is N(0, 1) exactly,
+    and where the delays dominate D_dt's error the posterior's D_dt pull follows it draw by
+    draw, so a sample's rms of the one is to be read against the other's."""
+    from jkin import lensing
+
+    est, sd = lensing.delay_distance(base, data)
+    return float((base["D_dt"] - est) / sd)
 
 
 def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:
@@ -60,6 +82,7 @@ def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:
     q = {k: (np.sum(np.asarray(post[k]) < base[k]) + 0.5) / (n_draws + 1) for k in NAMES}
     sd = {k: float(np.std(np.asarray(post[k]))) for k in NAMES}
     return {"seed": seed, "chi2_per_pixel": m["imaging_chi2_per_pixel"],
+            "delays_alone_pull": delays_alone_pull(base, data),
             "quantile": {k: float(v) for k, v in q.items()},
             "pulls": {k: float(special.ndtri(q[k])) for k in NAMES}, "sd": sd,
             "map_offset": {k: float((np.asarray(m["values"][k]) - base[k]) / sd[k])
@@ -77,7 +100,12 @@ def main():
                     help="also analyse this saved mock of the same system (e.g. the recovery "
                          "run's systemNN/lens.fits), reported apart from the statistics")
     ap.add_argument("--out", default=None, help="write the pulls here (JSON)")
+    ap.add_argument("--pool", nargs="+", default=None, metavar="JSON",
+                    help="fit nothing: pool the realisations of these --out files and print "
+                         "the statistics of POOL_NAMES")
     args = ap.parse_args()
+    if args.pool:
+        return pool(args.pool)
     if args.n_noise < 2 and not (args.n_noise == 0 and args.stored):
         ap.error(f"--n-noise must be >= 2, or 0 with --stored (got {args.n_noise})")
 
@@ -91,11 +119,13 @@ def main():
     print(f"system {args.system}: " + ", ".join(f"{k} {base[k]:.4g}" for k in NAMES))
     print(f"{args.n_noise} noise realisations, lensing-only MAP from the truth + Laplace\n")
     print("pull = Phi^-1(quantile of the truth in the Laplace posterior)")
-    print("  seed  chi2/px     s  " + " ".join(f"{k:>8}" for k in NAMES))
+    print("  seed  chi2/px     s  " + " ".join(f"{k:>8}" for k in NAMES)
+          + "  D_dt(delays alone, true lens)")
 
     def show(label, r, t0):
         print(f"{label:>6} {r['chi2_per_pixel']:8.3f} {time.perf_counter() - t0:5.0f}  "
-              + " ".join(f"{r['pulls'][k]:+8.2f}" for k in NAMES), flush=True)
+              + " ".join(f"{r['pulls'][k]:+8.2f}" for k in NAMES)
+              + f"  {r['delays_alone_pull']:+8.2f}", flush=True)
 
     stored, rows = None, []
 
@@ -122,17 +152,75 @@ def main():
 
     if not rows:
         return
-    p = np.array([[r["pulls"][k] for k in NAMES] for r in rows])
-    se = 1 / np.sqrt(len(rows))
-    print(f"\n{'mean':>21}  " + " ".join(f"{v:+8.2f}" for v in p.mean(0))
-          + f"   (standard error {se:.2f})")
-    print(f"{'rms':>21}  " + " ".join(f"{v:8.2f}" for v in np.sqrt((p**2).mean(0)))
-          + "   (1 expected)")
-    q = np.array([[r["quantile"][k] for k in NAMES] for r in rows])
+    print()
+    summarise(rows, NAMES, width=21)
+    print(delays_alone_line(rows))
+    print(f"\nwall time {time.perf_counter() - t_all:.0f} s")
+
+
+def delays_alone_line(rows) -> str:
+    """The delays-alone pulls' rms against the posterior's D_dt pulls, and their correlation."""
+    a = np.array([r["pulls"]["D_dt"] for r in rows])
+    b = np.array([r["delays_alone_pull"] for r in rows])
+    r = np.corrcoef(a, b)[0, 1] if len(rows) > 2 else float("nan")
+    return (f"D_dt pulls rms {np.sqrt(np.mean(a**2)):.2f}; the same realisations' delays alone at "
+            f"the true lens model: rms {np.sqrt(np.mean(b**2)):.2f}, correlation {r:.2f}")
+
+
+def summarise(rows, names, width, rms_interval=False):
+    """Mean pull (+- its standard error), rms, and the fractions of truths inside the central
+    68% and 95% of each parameter's posterior, over the realisations ``rows``."""
+    from scipy import stats
+
+    n = len(rows)
+    p = np.array([[r["pulls"][k] for k in names] for r in rows])
+    print(f"{'mean':>{width}}  " + " ".join(f"{v:+8.2f}" for v in p.mean(0))
+          + f"   (standard error {1 / np.sqrt(n):.2f})")
+    rms = np.sqrt((p**2).mean(0))
+    print(f"{'rms':>{width}}  " + " ".join(f"{v:8.2f}" for v in rms) + "   (1 expected)")
+    if rms_interval:  # n * rms^2 / s^2 ~ chi^2_n for n draws of N(0, s^2)
+        lo, hi = (np.sqrt(n * rms**2 / stats.chi2.ppf(a, n)) for a in (0.975, 0.025))
+        for label, v in (("rms, 95% lower", lo), ("rms, 95% upper", hi)):
+            print(f"{label:>{width}}  " + " ".join(f"{x:8.2f}" for x in v))
+    q = np.array([[r["quantile"][k] for k in names] for r in rows])
     for level in (0.68, 0.95):
         inside = (np.abs(q - 0.5) < level / 2).mean(0)
-        print(f"{f'in {level:.0%}':>21}  " + " ".join(f"{v:8.2f}" for v in inside))
-    print(f"\nwall time {time.perf_counter() - t_all:.0f} s")
+        print(f"{f'in {level:.0%}':>{width}}  " + " ".join(f"{v:8.2f}" for v in inside))
+
+
+def pool(paths):
+    """``--pool``: the realisations of several ``--out`` files, per file and all together."""
+    runs = [(Path(f).name, json.loads(Path(f).read_text())) for f in paths]
+    for name, run in runs:
+        if not run["realisations"]:
+            raise SystemExit(f"{name}: no realisations")
+        missing = [r for r in run["realisations"] if "delays_alone_pull" not in r]
+        if missing:  # files written before session 29: the realisations re-made (noise only)
+            from jkin import lensing
+
+            k = run["system"]
+            truth = system_truths(k + 1)[k]
+            base = lensing.make_mock_lensing(seed=100 + k,
+                                             truth={n: truth[n] for n in NAMES}).truth
+            for r in missing:
+                data = lensing.make_mock_lensing(seed=r["seed"], truth=base).data
+                r["delays_alone_pull"] = delays_alone_pull(base, data)
+    labels = [f"{name} (system {run['system']}, N = {len(run['realisations'])})"
+              for name, run in runs]
+    width = max(21, *map(len, labels))
+    print("pull = Phi^-1(quantile of the truth in the Laplace posterior)\n")
+    print(f"{'':>{width}}  " + " ".join(f"{k:>8}" for k in POOL_NAMES))
+    for label, (_, run) in zip(labels, runs):
+        p = np.array([[r["pulls"][k] for k in POOL_NAMES] for r in run["realisations"]])
+        print(f"{label:>{width}}  " + " ".join(f"{v:+8.2f}" for v in p.mean(0)) + "   mean")
+    print()
+    for label, (_, run) in zip(labels, runs):
+        print(f"{label:>{width}}  {delays_alone_line(run['realisations'])}")
+    rows = [r for _, run in runs for r in run["realisations"]]
+    systems = sorted({run["system"] for _, run in runs})
+    print(f"\nall {len(rows)} realisations, systems {', '.join(map(str, systems))}:")
+    summarise(rows, POOL_NAMES, width, rms_interval=True)
+    print(delays_alone_line(rows))
 
 
 if __name__ == "__main__":
