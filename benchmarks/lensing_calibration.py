@@ -47,6 +47,14 @@ from recovery import LENS_NAMES as NAMES, system_truths  # the mock's lens param
 POOL_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "D_dt")
 
 
+def system_base(k: int) -> dict:
+    """Recovery system ``k``'s full lens truth (its mock's source, shear and amplitudes)."""
+    from jkin import lensing
+
+    truth = system_truths(k + 1)[k]
+    return lensing.make_mock_lensing(seed=100 + k, truth={n: truth[n] for n in NAMES}).truth
+
+
 def delays_alone_pull(base, data) -> float:
     """(D_dt - D_dt,delays) / sd: where the truth lies against the D_dt that the measured delays
     alone give at the *true* lens model (``lensing.delay_distance``), in its sd. It measures the
@@ -113,9 +121,7 @@ def main():
     from jkin.lensing_data import load_lensing_data
 
     t_all = time.perf_counter()
-    truth = system_truths(args.system + 1)[args.system]
-    base = lensing.make_mock_lensing(seed=100 + args.system,
-                                     truth={n: truth[n] for n in NAMES}).truth
+    base = system_base(args.system)
     print(f"system {args.system}: " + ", ".join(f"{k} {base[k]:.4g}" for k in NAMES))
     print(f"{args.n_noise} noise realisations, lensing-only MAP from the truth + Laplace\n")
     print("pull = Phi^-1(quantile of the truth in the Laplace posterior)")
@@ -198,10 +204,7 @@ def pool(paths):
         if missing:  # files written before session 29: the realisations re-made (noise only)
             from jkin import lensing
 
-            k = run["system"]
-            truth = system_truths(k + 1)[k]
-            base = lensing.make_mock_lensing(seed=100 + k,
-                                             truth={n: truth[n] for n in NAMES}).truth
+            base = system_base(run["system"])
             for r in missing:
                 data = lensing.make_mock_lensing(seed=r["seed"], truth=base).data
                 r["delays_alone_pull"] = delays_alone_pull(base, data)
