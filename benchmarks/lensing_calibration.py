@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recovery import LENS_NAMES as NAMES, system_truths  # the mock's lens parameters
+from recovery import LENS_NAMES as NAMES, delay_only, system_truths  # the mock's lens parameters
 
 #: The parameters ``--pool`` reports: the light's (q_light, R_sersic, n_sersic) are left out,
 #: being invalid where R_sersic presses on its bound (system 8, above).
@@ -60,11 +60,9 @@ def delays_alone_pull(base, data) -> float:
     alone give at the *true* lens model (``lensing.delay_distance``), in its sd. It measures the
     realisation's delay noise, nothing of the inference: over realisations it is N(0, 1) exactly,
     and where the delays dominate D_dt's error the posterior's D_dt pull follows it draw by
-    draw, so a sample's rms of the one is to be read against the other's."""
-    from jkin import lensing
-
-    est, sd = lensing.delay_distance(base, data)
-    return float((base["D_dt"] - est) / sd)
+    draw, so a sample's rms of the one is to be read against the other's. The sign of a pull
+    here (truth above: +), so minus ``recovery.delay_only``'s."""
+    return -float(delay_only(base, data)["pull"])
 
 
 def laplace_pulls(data, base, n_steps, n_draws, seed) -> dict:

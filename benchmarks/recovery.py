@@ -394,14 +394,20 @@ def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
 
 def delay_only_d_dt(lens_file) -> dict:
     """The D_dt that a mock's delays alone give at its true lens model, against its truth."""
+    from jkin.lensing_data import load_lensing_data, load_lensing_truth
+
+    return delay_only(load_lensing_truth(lens_file), load_lensing_data(lens_file))
+
+
+def delay_only(truth, data) -> dict:
+    """``delay_only_d_dt`` for a lens truth and its data in memory: the relative error of the
+    delays-alone D_dt, its pull (D_dt,delays - D_dt) / sd and its relative sd."""
     import jax
 
     from jkin import lensing
-    from jkin.lensing_data import load_lensing_data, load_lensing_truth
 
     with jax.enable_x64(True):
-        truth = load_lensing_truth(lens_file)
-        d_dt, sd = lensing.delay_distance(truth, load_lensing_data(lens_file))
+        d_dt, sd = lensing.delay_distance(truth, data)
     return {"err": d_dt / truth["D_dt"] - 1, "pull": (d_dt - truth["D_dt"]) / sd,
             "rel_sd": sd / d_dt}
 
