@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recovery import LENS_NAMES as NAMES, delay_only, system_truths  # the mock's lens parameters
+# NAMES: the mock's lens parameters
+from recovery import LENS_NAMES as NAMES, delay_only, lens_mock, system_truths
 
 #: The parameters ``--pool`` reports: the light's (q_light, R_sersic, n_sersic) are left out,
 #: being invalid where R_sersic presses on its bound (system 8, above).
@@ -49,10 +50,7 @@ POOL_NAMES = ("theta_E", "gamma", "q_mass", "phi", "x_c", "y_c", "D_dt")
 
 def system_base(k: int) -> dict:
     """Recovery system ``k``'s full lens truth (its mock's source, shear and amplitudes)."""
-    from jkin import lensing
-
-    truth = system_truths(k + 1)[k]
-    return lensing.make_mock_lensing(seed=100 + k, truth={n: truth[n] for n in NAMES}).truth
+    return lens_mock(k, system_truths(k + 1)[k]).truth
 
 
 def delays_alone_pull(base, data) -> float:

@@ -80,8 +80,7 @@ def accuracy(args, truths):
           f"{'d log L':>9s} {'shift [sd]':>10s}")
     worst = dict(peak=0.0, noise=0.0, dlogl=0.0, shift=0.0)
     for k in range(args.systems):
-        lens_truth = {n: truths[k][n] for n in recovery.LENS_NAMES}
-        mock = L.make_mock_lensing(seed=100 + k, truth=lens_truth)
+        mock = recovery.lens_mock(k, truths[k])
         data = mock.data
         p0 = {n: jnp.asarray(v, jnp.float64) for n, v in mock.truth.items()}
         flat0, unravel = ravel_pytree(p0)
@@ -133,7 +132,7 @@ def timing(args, truths):
 
     k = args.timing_system
     with tempfile.TemporaryDirectory() as tmp:
-        paths = recovery.write_system(Path(tmp), k, truths[k], seed=100 + k)
+        paths = recovery.write_system(Path(tmp), k, truths[k])
         cfg_path = Path(tmp) / "joint.toml"
         write_config(cfg_path, mode="joint", data={n: str(p) for n, p in paths.items()},
                      output="joint", inference={}, weights=args.weights,

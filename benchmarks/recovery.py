@@ -62,8 +62,18 @@ def system_truths(n: int, seed: int = 2023) -> list[dict]:
     return out
 
 
-def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
-    from jkin import lensing, mocks
+def lens_mock(k: int, truth: dict):
+    """System ``k``'s lens mock (``make_mock_lensing`` on seed 100 + k with the lens part of
+    its ``truth``): the imaging and delays the fits see, and the full truth (source, shear,
+    amplitudes) that the seed draws."""
+    from jkin import lensing
+
+    return lensing.make_mock_lensing(seed=100 + k, truth={n: truth[n] for n in LENS_NAMES})
+
+
+def write_system(out: Path, k: int, truth: dict) -> dict:
+    """System ``k``'s IFU mock (JAM truth, seed 100 + k) and ``lens_mock``, written once."""
+    from jkin import mocks
     from jkin.data import DEFAULT_SUPERSAMPLING, DEFAULT_SUPERSAMPLING_RADII
     from jkin.lensing_data import save_lensing_data
 
@@ -73,12 +83,11 @@ def write_system(out: Path, k: int, truth: dict, seed: int) -> dict:
     if not kin_path.exists():
         # the truth at mocks.TRUTH_SUPERSAMPLING; the fits at the default model sampling (until
         # session 19 the truth's, 4836 points: see results/recovery-s19)
-        mocks.make_mock_ifu(truth, seed=seed, path=kin_path,
+        mocks.make_mock_ifu(truth, seed=100 + k, path=kin_path,
                             model_supersampling=DEFAULT_SUPERSAMPLING,
                             model_supersampling_radii=DEFAULT_SUPERSAMPLING_RADII)
     if not lens_path.exists():
-        lens_truth = {n: truth[n] for n in LENS_NAMES}
-        mock = lensing.make_mock_lensing(seed=seed, truth=lens_truth)
+        mock = lens_mock(k, truth)
         save_lensing_data(lens_path, mock.data, truth=mock.truth)
     return {"kinematics": kin_path, "lensing": lens_path}
 
@@ -160,7 +169,7 @@ def main():
     for k, truth in enumerate(truths):  # lensing-only MAP when that fit is in the run)
         if args.only is not None and k not in args.only:
             continue
-        paths = write_system(out, k, truth, seed=100 + k)
+        paths = write_system(out, k, truth)
         d = out / f"system{k:02d}"
         todo = []
         for mode in args.modes:
@@ -383,11 +392,9 @@ def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
             (d / mode).unlink()
         (d / mode).symlink_to(src)
         if not (d / "lens.fits").exists():
-            from jkin import lensing
             from jkin.lensing_data import save_lensing_data
 
-            mock = lensing.make_mock_lensing(seed=100 + k, truth={
-                n: truths[k][n] for n in LENS_NAMES})
+            mock = lens_mock(k, truths[k])
             save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
         print(k, src)
 
