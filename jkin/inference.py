@@ -1017,27 +1017,67 @@ def _polish(potential_fn, z, u, n_steps, progress, rounds: int = 4):
     return fp.unravel(jnp.asarray(flat, fp.dtype)), u
 
 
+def _position_starts(lens_data, draws, priors, position_steps, learning_rate, progress):
+    """The image-position stage of the blind lensing start (``image_position_model``) from each
+    of ``draws``: Adam on the source-plane offsets and then on the image-plane ones (all starts
+    at once), then L-BFGS per start on the image-plane potential. Returns the starts' flat
+    unconstrained values, their potentials, the unravel function and the sites' transforms.
+
+    Adam at these rates leaves every start short of a position optimum; L-BFGS takes each to
+    one. Held-out recovery system 10 (theta_E 0.52", a fold whose bright pair lies 0.04"
+    apart): after Adam the 32 starts' potentials were 60-5400 against 22 at the truth and no
+    blind MAP reached the mode (16 full starts: imaging chi^2 per pixel >= 2.6); L-BFGS from the
+    same 32 points ended on seven optima, seven of the starts at 20.05, 0.001" from the true
+    theta_E."""
+    from tqdm.auto import tqdm
+
+    pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
+    pos_pot, _, _, pos_tr = _potential(image_position_model, pos_kw, True)
+    # the position stage samples D_dt and D_d themselves (galaxy_params' distance_ratio=False)
+    z_pos = _stack([_unconstrain(pos_tr, with_distance_latents(d, priors)) for d in draws])
+    z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, learning_rate, "MAP (source plane)",
+                        progress)
+    pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
+    pos_pot, _, _ = _potential(image_position_model, pos_kw)
+    z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, learning_rate / 5,
+                            "MAP (image plane)", progress)
+    fp = _flat_potential(pos_pot, jax.tree.map(lambda a: a[0], z_pos))
+    objective = _Objective(fp)
+    flats = np.array(jax.vmap(lambda z: ravel_pytree(z)[0])(z_pos), dtype=float)
+    u_pos = np.array(u_pos, dtype=float)
+    for k in tqdm(range(len(flats)), desc="MAP (image plane, L-BFGS)", unit="start",
+                  disable=not progress):
+        x, u, _ = _lbfgs(objective, flats[k], position_steps)
+        if x is not None and u < u_pos[k]:
+            flats[k], u_pos[k] = x, u
+    return flats, u_pos, fp.unravel, pos_tr
+
+
+def _distinct_first(order, flats, tol: float = 1e-3) -> list:
+    """``order`` (indices into ``flats``) with every point that repeats an earlier one (all
+    coordinates within ``tol``) moved to the end, in order: optimised starts fall on a few
+    optima, and the next stage should get as many different ones as there are."""
+    kept, repeats = [], []
+    for k in order:
+        same = any(np.max(np.abs(flats[k] - flats[j])) < tol for j in kept)
+        (repeats if same else kept).append(int(k))
+    return kept + repeats
+
+
 def _lensing_starts(kwargs, draws, potential_fn, transforms, n_starts, priors, position_steps,
                     position_learning_rate, progress):
     """Stage 1 of the blind lensing start: image positions and delays, then amplitudes."""
     lens_data = kwargs["lens_data"]
     scales = kwargs.get("scales") or amplitude_scales(lens_data)
-    pos_kw = dict(lens_data=lens_data, priors=priors, sigma=0.005, image_plane=False)
-    pos_pot, _, _, pos_tr = _potential(image_position_model, pos_kw, True)
-    # the position stage samples D_dt and D_d themselves (galaxy_params' distance_ratio=False)
-    z_pos = _stack([_unconstrain(pos_tr, with_distance_latents(d, priors)) for d in draws])
-    z_pos, _, _ = _adam(pos_pot, z_pos, position_steps, position_learning_rate,
-                        "MAP (source plane)", progress)
-    pos_kw = dict(pos_kw, sigma=0.003, image_plane=True)
-    pos_pot, _, _ = _potential(image_position_model, pos_kw)
-    z_pos, _, u_pos = _adam(pos_pot, z_pos, position_steps // 2, position_learning_rate / 5,
-                            "MAP (image plane)", progress)
-    # the half that fits the positions best get amplitudes by least squares; the n_starts of
-    # those with the best full posterior go on
-    order = np.argsort(u_pos)[:max(n_starts, len(draws) // 2)]
+    flats, u_pos, unravel, pos_tr = _position_starts(lens_data, draws, priors, position_steps,
+                                                     position_learning_rate, progress)
+    # the half that fits the positions best (different optima first) get amplitudes by least
+    # squares; the n_starts of those with the best full posterior (again different ones first)
+    # go on
+    order = _distinct_first(np.argsort(u_pos), flats)[:max(n_starts, len(draws) // 2)]
     fitted = []
     for k in order:
-        zk = jax.tree.map(lambda a: a[k], z_pos)
+        zk = unravel(jnp.asarray(flats[k]))
         v = dict(draws[k])
         v.update({name: np.asarray(pos_tr[name](val)) for name, val in zk.items()})
         v = with_distance_latents({n: a for n, a in v.items()
@@ -1045,9 +1085,10 @@ def _lensing_starts(kwargs, draws, potential_fn, transforms, n_starts, priors, p
         fitted.append(_lensing_start(v, lens_data, priors, scales))
     z_fit = [_unconstrain(transforms, v) for v in fitted]
     fp = _flat_potential(potential_fn, z_fit[0])  # compiled once, reused by L-BFGS
-    u_fit = np.array([float(fp.value_and_grad(ravel_pytree(z)[0])[0]) for z in z_fit])
+    x_fit = [np.asarray(ravel_pytree(z)[0], dtype=float) for z in z_fit]
+    u_fit = np.array([float(fp.value_and_grad(jnp.asarray(x, fp.dtype))[0]) for x in x_fit])
     u_fit = np.where(np.isfinite(u_fit), u_fit, np.inf)
-    return [fitted[k] for k in np.argsort(u_fit)[:n_starts]]
+    return [fitted[k] for k in _distinct_first(np.argsort(u_fit), x_fit)[:n_starts]]
 
 
 def with_distance_latents(values: Mapping, priors: Priors | None = None) -> dict:
