@@ -224,7 +224,7 @@ def report(out: Path, truths, modes, wall):
 
     names = list(GALAXY_SITES)
     lines = [f"Recovery on {len(truths)} JAM-truth mocks (benchmarks/recovery.py); modes {modes}",
-             ""]
+             ""]  # the count is corrected below to the systems with a fit
     inside = {m: {n: [] for n in names} for m in modes}
     widths = {m: {n: [] for n in names} for m in modes}
     resid = {m: {n: [] for n in names} for m in modes}
@@ -333,12 +333,17 @@ def report(out: Path, truths, modes, wall):
             lines.append(_d_d_expectation([r["D_d_rel_sd"] for r in rows]))
     if wall is not None:
         lines.append(f"\nwall time of this run: {wall:.0f} s")
+    fitted = [r["system"] for r in per_system if any(m in r for m in modes)]
+    if len(fitted) < len(truths):
+        lines[0] = (f"Recovery on {len(fitted)} JAM-truth mocks (systems "
+                    f"{', '.join(map(str, fitted))} of {len(truths)}; benchmarks/recovery.py); "
+                    f"modes {modes}")
     text = "\n".join(lines)
     (out / "recovery.txt").write_text(text + "\n")
     print(text)
 
-    _residual_figure(out / "recovery_hist.png", resid, names, modes, len(truths), pulls=False)
-    _residual_figure(out / "recovery_pulls.png", pulls, names, modes, len(truths), pulls=True)
+    _residual_figure(out / "recovery_hist.png", resid, names, modes, len(fitted), pulls=False)
+    _residual_figure(out / "recovery_pulls.png", pulls, names, modes, len(fitted), pulls=True)
 
 
 def _d_d_expectation(rel_sd, tol=D_D_TOL) -> str:

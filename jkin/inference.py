@@ -867,8 +867,9 @@ def find_map(model, kwargs: dict, *, seed: int = 0, n_starts: int = 8, n_steps: 
     coordinates whitened by its Laplace approximation (``_polish``), and the best polished start
     is kept. With lensing data,
     ``position_starts`` prior draws are first fitted to the image positions and delays
-    (``image_position_model``: cheap, no image rendering; all at once by Adam), the best half get
-    amplitudes by least squares, and the ``n_starts`` of those with the best full posterior go on.
+    (``image_position_model``: cheap, no image rendering; all at once by Adam, then each by
+    L-BFGS), the best half get amplitudes by least squares, and the ``n_starts`` of those with
+    the best full posterior go on (at both selections, different optima before repeats).
     ``x64`` (default: True with lensing data) runs everything in float64 but the emulator's
     network (``float32_emulator``). ``init``: constrained
     values of (some of) the latent sites, e.g. the ``values`` of an earlier fit's MAP, as the one
