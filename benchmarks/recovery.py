@@ -223,8 +223,7 @@ def report(out: Path, truths, modes, wall):
     from jkin.inference import GALAXY_SITES, phi_branch
 
     names = list(GALAXY_SITES)
-    lines = [f"Recovery on {len(truths)} JAM-truth mocks (benchmarks/recovery.py); modes {modes}",
-             ""]  # the count is corrected below to the systems with a fit
+    lines = [""]  # the heading goes first once the systems with a fit are known
     inside = {m: {n: [] for n in names} for m in modes}
     widths = {m: {n: [] for n in names} for m in modes}
     resid = {m: {n: [] for n in names} for m in modes}
@@ -334,9 +333,9 @@ def report(out: Path, truths, modes, wall):
     if wall is not None:
         lines.append(f"\nwall time of this run: {wall:.0f} s")
     fitted = [r["system"] for r in per_system if any(m in r for m in modes)]
-    if len(fitted) < len(truths):
-        lines[0] = (f"Recovery on {len(fitted)} JAM-truth mocks (systems "
-                    f"{', '.join(map(str, fitted))} of {len(truths)}; benchmarks/recovery.py); "
+    which = ("" if len(fitted) == len(truths)
+             else f"systems {', '.join(map(str, fitted))} of {len(truths)}; ")
+    lines.insert(0, f"Recovery on {len(fitted)} JAM-truth mocks ({which}benchmarks/recovery.py); "
                     f"modes {modes}")
     text = "\n".join(lines)
     (out / "recovery.txt").write_text(text + "\n")
