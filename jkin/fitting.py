@@ -441,10 +441,14 @@ def corner_plot(idata, path, *, truth=None, names=None, title=None):
     plt.close(fig)
 
 
-def _run_chain(paths, progress, devices=None):
+def _run_chain(paths, progress, devices=None, release=False):
     """Fits run in order in one process; each configuration is read when its turn comes, so
     that ``init_from`` may name an earlier fit of the chain. ``devices``: host devices to give
-    XLA first (``use_host_devices``; a Dask worker process that has not computed yet)."""
+    XLA first (``use_host_devices``; a Dask worker process that has not computed yet).
+    ``release``: drop JAX's compiled executables after each fit (a Dask task). Freeing them
+    takes seconds (2 s for the demo's lensing-only fit): left to the worker process's exit,
+    the lensing-then-joint worker outlived the 4 s the nanny waits at ``cluster.close()`` and
+    was killed with a WARNING; a worker of a long-lived cluster holds them until it dies."""
     if devices:
         use_host_devices(devices)
     out = []
@@ -452,6 +456,10 @@ def _run_chain(paths, progress, devices=None):
         r = run_fit(path, progress=progress)
         r.pop("summary")
         out.append(r)
+        if release:
+            import jax
+
+            jax.clear_caches()
     return out
 
 
@@ -478,7 +486,7 @@ def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = Non
     client = Client(scheduler or cluster)
     try:
         devices = [None] * len(chains) if devices is None else devices
-        futures = [client.submit(_run_chain, c, False, d, pure=False)
+        futures = [client.submit(_run_chain, c, False, d, True, pure=False)
                    for c, d in zip(chains, devices)]
         results = []
         for fut in as_completed(futures):
