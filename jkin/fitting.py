@@ -445,10 +445,11 @@ def _run_chain(paths, progress, devices=None, release=False):
     """Fits run in order in one process; each configuration is read when its turn comes, so
     that ``init_from`` may name an earlier fit of the chain. ``devices``: host devices to give
     XLA first (``use_host_devices``; a Dask worker process that has not computed yet).
-    ``release``: drop JAX's compiled executables after each fit (a Dask task). Freeing them
-    takes seconds (2 s for the demo's lensing-only fit): left to the worker process's exit,
-    the lensing-then-joint worker outlived the 4 s the nanny waits at ``cluster.close()`` and
-    was killed with a WARNING; a worker of a long-lived cluster holds them until it dies."""
+    ``release``: drop JAX's compiled executables when the chain is done (a Dask task). Freeing
+    them takes seconds (2 s for the demo's lensing-only fit): left to the worker process's
+    exit, the demo's lensing-then-joint worker outlived the 4 s the nanny waits at
+    ``cluster.close()`` and was killed with a WARNING; a worker of a long-lived cluster would
+    hold them until it dies."""
     if devices:
         use_host_devices(devices)
     out = []
@@ -456,10 +457,10 @@ def _run_chain(paths, progress, devices=None, release=False):
         r = run_fit(path, progress=progress)
         r.pop("summary")
         out.append(r)
-        if release:
-            import jax
+    if release:
+        import jax
 
-            jax.clear_caches()
+        jax.clear_caches()
     return out
 
 
