@@ -261,7 +261,8 @@ def report(out: Path, truths, modes, wall):
         lens_file = out / f"system{k:02d}" / "lens.fits"
         if "joint" in row and lens_file.exists():
             row["delays"] = delay_only_d_dt(lens_file)
-        per_system.append(row)
+        if len(row) > 1:  # the table lists the systems with a fit
+            per_system.append(row)
     for m in modes:
         lines.append(f"== {m} ==")
         lines.append(f"{'parameter':>12s} {'in 68%':>8s} {'in 95%':>8s} {'median sd':>10s}")
@@ -332,7 +333,7 @@ def report(out: Path, truths, modes, wall):
             lines.append(_d_d_expectation([r["D_d_rel_sd"] for r in rows]))
     if wall is not None:
         lines.append(f"\nwall time of this run: {wall:.0f} s")
-    fitted = [r["system"] for r in per_system if any(m in r for m in modes)]
+    fitted = [r["system"] for r in per_system]
     which = ("" if len(fitted) == len(truths)
              else f"systems {', '.join(map(str, fitted))} of {len(truths)}; ")
     lines.insert(0, f"Recovery on {len(fitted)} JAM-truth mocks ({which}benchmarks/recovery.py); "
