@@ -417,7 +417,11 @@ def load_map(fit_json) -> dict:
 
 
 def corner_plot(idata, path, *, truth=None, names=None, title=None):
-    """Pair plot of the 13 parameters (arviz), truths as reference lines when given."""
+    """Pair plot of the 13 parameters (arviz), truths as reference lines for those that have
+    one (a lensing mock's truth has no inclination, beta_z or D_d: those panels have none, and
+    arviz's warning that says so is not passed on)."""
+    import warnings
+
     import arviz as az
     import matplotlib
 
@@ -430,10 +434,13 @@ def corner_plot(idata, path, *, truth=None, names=None, title=None):
     az.rcParams["plot.max_subplots"] = max(az.rcParams["plot.max_subplots"], len(names) ** 2)
     ref = {k: float(np.asarray(truth[k]).ravel()[0]) for k in names
            if truth and k in truth and np.size(truth[k]) == 1}
-    axes = az.plot_pair(idata, var_names=names, kind="scatter", marginals=True,
-                        scatter_kwargs={"alpha": 0.15, "s": 2},
-                        reference_values=ref or None, textsize=16,
-                        figsize=(2 * len(names), 2 * len(names)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Argument reference_values does not include",
+                                UserWarning)
+        axes = az.plot_pair(idata, var_names=names, kind="scatter", marginals=True,
+                            scatter_kwargs={"alpha": 0.15, "s": 2},
+                            reference_values=ref or None, textsize=16,
+                            figsize=(2 * len(names), 2 * len(names)))
     fig = np.ravel(axes)[0].figure
     if title:
         fig.suptitle(title, fontsize=28)
