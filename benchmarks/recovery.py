@@ -71,24 +71,31 @@ def lens_mock(k: int, truth: dict):
     return lensing.make_mock_lensing(seed=100 + k, truth={n: truth[n] for n in LENS_NAMES})
 
 
+def write_lens(out: Path, k: int, truth: dict) -> Path:
+    """System ``k``'s ``lens_mock`` as ``OUT/systemKK/lens.fits``, written once."""
+    from jkin.lensing_data import save_lensing_data
+
+    d = Path(out) / f"system{k:02d}"
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "lens.fits").exists():
+        mock = lens_mock(k, truth)
+        save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
+    return d / "lens.fits"
+
+
 def write_system(out: Path, k: int, truth: dict) -> dict:
     """System ``k``'s IFU mock (JAM truth, seed 100 + k) and ``lens_mock``, written once."""
     from jkin import mocks
     from jkin.data import DEFAULT_SUPERSAMPLING, DEFAULT_SUPERSAMPLING_RADII
-    from jkin.lensing_data import save_lensing_data
 
-    d = out / f"system{k:02d}"
-    d.mkdir(parents=True, exist_ok=True)
-    kin_path, lens_path = d / "ifu.fits", d / "lens.fits"
+    lens_path = write_lens(out, k, truth)
+    kin_path = lens_path.parent / "ifu.fits"
     if not kin_path.exists():
         # the truth at mocks.TRUTH_SUPERSAMPLING; the fits at the default model sampling (until
         # session 19 the truth's, 4836 points: see results/recovery-s19)
         mocks.make_mock_ifu(truth, seed=100 + k, path=kin_path,
                             model_supersampling=DEFAULT_SUPERSAMPLING,
                             model_supersampling_radii=DEFAULT_SUPERSAMPLING_RADII)
-    if not lens_path.exists():
-        mock = lens_mock(k, truth)
-        save_lensing_data(lens_path, mock.data, truth=mock.truth)
     return {"kinematics": kin_path, "lensing": lens_path}
 
 
@@ -261,7 +268,7 @@ def report(out: Path, truths, modes, wall):
         lens_file = out / f"system{k:02d}" / "lens.fits"
         if "joint" in row and lens_file.exists():
             row["delays"] = delay_only_d_dt(lens_file)
-        if len(row) > 1:  # the table lists the systems with a fit
+        if any(m in row for m in modes):  # the table lists the systems with a fit
             per_system.append(row)
     for m in modes:
         lines.append(f"== {m} ==")
@@ -396,11 +403,7 @@ def link_fits(out: Path, sources: dict, truths, mode: str = "joint") -> None:
         if (d / mode).is_symlink():
             (d / mode).unlink()
         (d / mode).symlink_to(src)
-        if not (d / "lens.fits").exists():
-            from jkin.lensing_data import save_lensing_data
-
-            mock = lens_mock(k, truths[k])
-            save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
+        write_lens(out, k, truths[k])
         print(k, src)
 
 

@@ -494,7 +494,7 @@ def run_many(paths, *, scheduler: str | None = None, n_workers: int | None = Non
     client = Client(scheduler or cluster)
     try:
         devices = [None] * len(chains) if devices is None else devices
-        futures = [client.submit(_run_chain, c, False, d, True, pure=False)
+        futures = [client.submit(_run_chain, c, False, d, release=True, pure=False)
                    for c, d in zip(chains, devices)]
         results = []
         for fut in as_completed(futures):

@@ -17,16 +17,11 @@ import recovery  # noqa: E402
 
 from jkin import fitting  # noqa: E402
 from jkin import inference as inf  # noqa: E402
-from jkin.lensing_data import save_lensing_data  # noqa: E402
 
 out, systems = Path(sys.argv[1]), [int(k) for k in sys.argv[2:]]
 truths = recovery.system_truths(max(systems) + 1)
 for k in systems:
-    d = out / f"system{k:02d}"
-    d.mkdir(parents=True, exist_ok=True)
-    if not (d / "lens.fits").exists():
-        mock = recovery.lens_mock(k, truths[k])
-        save_lensing_data(d / "lens.fits", mock.data, truth=mock.truth)
+    d = recovery.write_lens(out, k, truths[k]).parent
     fitting.write_config(d / "lensmap.toml", mode="lensing", data={"lensing": "lens.fits"},
                          output="lensmap", inference=dict(seed=0, n_starts=4, map_steps=2000),
                          weights="jkin-cips-compact", name=f"system{k:02d}")
