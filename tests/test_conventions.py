@@ -15,7 +15,11 @@ def test_fiducial_distances_match_astropy():
     cosmo = FlatLambdaCDM(H0=cv.H0, Om0=cv.OMEGA_M)
     d_d = cosmo.angular_diameter_distance(cv.Z_D).to_value(u.Mpc)
     d_s = cosmo.angular_diameter_distance(cv.Z_S).to_value(u.Mpc)
-    d_ds = cosmo.angular_diameter_distance_z1z2(cv.Z_D, cv.Z_S).to_value(u.Mpc)
+    try:  # astropy 8 takes (z1, z2) and deprecates the _z1z2 method, which older ones need
+        d_ds = cosmo.angular_diameter_distance(cv.Z_D, cv.Z_S)
+    except TypeError:
+        d_ds = cosmo.angular_diameter_distance_z1z2(cv.Z_D, cv.Z_S)
+    d_ds = d_ds.to_value(u.Mpc)
     assert cv.D_D == pytest.approx(d_d, rel=1e-6)
     assert cv.D_S == pytest.approx(d_s, rel=1e-6)
     assert cv.D_DS == pytest.approx(d_ds, rel=1e-6)
