@@ -1757,7 +1757,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
         progress: bool = True) -> FitResult:
     """Blind MAP start (or L-BFGS from ``init``; with imaging, restarted above
     ``map_chi2_limit``: see ``find_map``) then NUTS; an arviz InferenceData with the 13
-    parameters, the reparametrised latents, the derived masses and sampler statistics."""
+    parameters, the reparametrised latents, the derived masses (where the model has theta_E,
+    gamma, D_dt and R_sersic) and sampler statistics."""
     import arviz as az
 
     t0 = time.perf_counter()
@@ -1775,7 +1776,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     samples = mcmc.get_samples(group_by_chain=True)
     keep = {k: np.asarray(v) for k, v in samples.items()
             if k not in ("vrms_model",) and np.asarray(v).ndim <= 3}
-    keep.update(derived_quantities(keep, z_lens))
+    if all(k in keep for k in ("theta_E", "gamma", "D_dt", "R_sersic")):  # a model of your own
+        keep.update(derived_quantities(keep, z_lens))                   # may lack them
     if "phi" in keep:
         keep["phi"] = phi_branch(keep["phi"])
     extra = mcmc.get_extra_fields(group_by_chain=True)

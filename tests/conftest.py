@@ -15,10 +15,10 @@ def pytest_configure(config):
     the same program more than once, in one process (JAX's in-memory cache knows functions, not
     programs) or in several: a persistent compilation cache in a fresh temporary folder, shared
     by the xdist workers and the notebook kernels and ``jkin`` subprocesses they start (they
-    inherit the environment), compiles each once per run (session 32: notebook 03 302 -> 262 s,
-    the CLI end to end 166 -> 113 s, the blind-restart test 133 -> 98 s). A cached program is the one
-    XLA would compile again, so what the tests check is unchanged; the folder starts empty and
-    is removed at the end, so no run sees another's programs. A cache the caller set
+    inherit the environment), compiles each once per run (session 32: notebook 03 302 -> 262
+    s, the CLI end to end 166 -> 113 s, the blind-restart test 133 -> 98 s). A cached program
+    is the one XLA would compile again, so what the tests check is unchanged; the folder starts
+    empty and is removed at the end, so no run sees another's programs. A cache the caller set
     (``JAX_COMPILATION_CACHE_DIR``) is used as it is."""
     if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
         return  # an xdist worker: the controller set it up (workers inherit its environment)

@@ -426,6 +426,25 @@ def test_nuts_recovers_a_two_parameter_problem():
     assert float(m["values"]["a"]) == pytest.approx(mean[0], abs=1e-3)
 
 
+def test_fit_takes_a_model_without_the_lens_sites():
+    # a model of the user's own, with none of theta_E, gamma, D_dt, R_sersic: fit() leaves the
+    # derived masses out (it raised KeyError 'theta_E' after sampling) and returns the draws
+    x = np.linspace(-1, 1, 30)
+    s = 0.3
+
+    def model(x, y):
+        a = numpyro.sample("a", dist.Uniform(-10, 10))
+        numpyro.sample("y", dist.Normal(a * x, s), obs=y)
+
+    res = inf.fit(model, dict(x=jnp.asarray(x), y=jnp.asarray(1.5 * x)), n_starts=1,
+                  map_steps=50, num_warmup=50, num_samples=50, num_chains=1, progress=False)
+    post = res.idata.posterior
+    assert set(post.data_vars) == {"a"} and post["a"].shape == (1, 50)
+    sd = s / math.sqrt(float(np.sum(x**2)))  # least squares: a = 1.5 exactly, this sd
+    assert abs(float(post["a"].mean()) - 1.5) < 1.5 * sd
+    assert res.summary(["a"]).loc["a", "sd"] == pytest.approx(sd, rel=0.5)
+
+
 def test_nuts_starts_carry_the_potential_and_one_chain_runs():
     # the chains start with their potential energy and gradient from the MAP search's compiled
     # function (numpyro then leaves the start's potential out of its programs): they must be
