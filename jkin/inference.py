@@ -1717,8 +1717,13 @@ def mass_within(R, theta_E, gamma, D_dt, z_lens=cv.Z_D):
     return m_e * (R / theta_E) ** (3.0 - gamma)
 
 
+#: the sites ``derived_quantities`` reads
+DERIVED_FROM = ("theta_E", "gamma", "D_dt", "R_sersic")
+
+
 def derived_quantities(samples: Mapping, z_lens: float = cv.Z_D) -> dict:
-    """log10 of the projected mass inside theta_E and inside R_sersic [M_sun] from samples."""
+    """log10 of the projected mass inside theta_E and inside R_sersic [M_sun] from samples
+    (of the sites ``DERIVED_FROM``)."""
     tE, g, Ddt = (np.asarray(samples[k]) for k in ("theta_E", "gamma", "D_dt"))
     return {
         "log10_M_thetaE": np.log10(mass_within(tE, tE, g, Ddt, z_lens)),
@@ -1776,8 +1781,8 @@ def fit(model: Callable, kwargs: dict, *, seed: int = 0, n_starts: int = 8, map_
     samples = mcmc.get_samples(group_by_chain=True)
     keep = {k: np.asarray(v) for k, v in samples.items()
             if k not in ("vrms_model",) and np.asarray(v).ndim <= 3}
-    if all(k in keep for k in ("theta_E", "gamma", "D_dt", "R_sersic")):  # a model of your own
-        keep.update(derived_quantities(keep, z_lens))                   # may lack them
+    if all(k in keep for k in DERIVED_FROM):  # a model of your own may lack them
+        keep.update(derived_quantities(keep, z_lens))
     if "phi" in keep:
         keep["phi"] = phi_branch(keep["phi"])
     extra = mcmc.get_extra_fields(group_by_chain=True)
